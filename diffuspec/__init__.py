@@ -1,0 +1,26 @@
+"""diffuspec: diffusion-LM drafters for lossless speculative decoding."""
+
+from .config import ADLConfig, CPSConfig, DecodeConfig
+from .decoding.drafter import Drafter, DraftRequest
+from .decoding.lattice import Lattice
+from .decoding.loop import DecodeStats, GenerateOutput, SpeculativeDecoder
+from .drafters.autoregressive import AutoregressiveDrafter
+from .drafters.diffusion import DiffusionDrafter
+from .drafters.prompt_lookup import PromptLookupDrafter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADLConfig",
+    "AutoregressiveDrafter",
+    "CPSConfig",
+    "DecodeConfig",
+    "DecodeStats",
+    "DiffusionDrafter",
+    "DraftRequest",
+    "Drafter",
+    "GenerateOutput",
+    "Lattice",
+    "PromptLookupDrafter",
+    "SpeculativeDecoder",
+]

@@ -1,0 +1,125 @@
+"""The ``diffuspec`` command. Each subcommand parses its own flags and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from .config import ADLConfig, CPSConfig, DecodeConfig
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _load_proxy(path: str | None):
+    if path is None:
+        return None
+    from .decoding.proxy import KenLMProxy, NGramProxy
+
+    return KenLMProxy(path) if path.endswith((".arpa", ".bin", ".klm")) else NGramProxy.load(path)
+
+
+def add_decode_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that runs the speculative loop."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--no-cps", action="store_true", help="Verify the raw argmax draft instead of the CPS path.")
+    group.add_argument("--no-adl", action="store_true", help="Use a fixed draft length (--draft-length).")
+    group.add_argument("--draft-length", type=int, default=8, help="Fixed draft length when ADL is off.")
+    group.add_argument("--k-min", type=int, default=ADLConfig.k_min)
+    group.add_argument("--k-max", type=int, default=ADLConfig.k_max)
+    group.add_argument("--beam", type=int, default=CPSConfig.beam)
+    group.add_argument("--lam", type=float, default=CPSConfig.lam)
+    group.add_argument("--mass", type=float, default=CPSConfig.mass)
+    group.add_argument("--m-max", type=int, default=CPSConfig.m_max)
+    group.add_argument("--proxy", default=None, help="n-gram proxy: a diffuspec .json or a KenLM .arpa/.bin file.")
+
+
+def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
+    cps = (
+        None
+        if args.no_cps
+        else CPSConfig(m_max=args.m_max, mass=args.mass, beam=args.beam, lam=args.lam, proxy=_load_proxy(args.proxy))
+    )
+    adl = None if args.no_adl else ADLConfig(k_min=args.k_min, k_max=args.k_max)
+    return DecodeConfig(cps=cps, adl=adl, draft_length=args.draft_length)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from .decoding.loop import SpeculativeDecoder
+    from .hub import resolve_local
+
+    config = decode_config_from_args(args)
+    verifier_path = resolve_local(args.verifier)
+    tokenizer = AutoTokenizer.from_pretrained(verifier_path)
+    decoder = SpeculativeDecoder.from_pretrained(
+        verifier_path, args.drafter, config=config, dtype=DTYPES[args.dtype], device_map=args.device
+    )
+    if args.chat:
+        messages = [{"role": "user", "content": args.prompt}]
+        input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        input_ids = input_ids["input_ids"] if hasattr(input_ids, "keys") else input_ids
+    else:
+        input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids
+    generator = torch.Generator().manual_seed(args.seed)
+    out = decoder.generate(
+        input_ids,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        generator=generator,
+    )
+    new_tokens = out.sequences[0, input_ids.shape[-1] :]
+    print(tokenizer.decode(new_tokens, skip_special_tokens=True))
+    s = out.stats
+    summary = {
+        "new_tokens": s.new_tokens,
+        "rounds": s.rounds,
+        "tau (verifier token included)": round(s.tau, 3),
+        "mean_accepted_draft_tokens": round(s.mean_accepted, 3),
+        "time_total_s": round(s.time_total_s, 4),
+        "time_draft_s": round(s.time_draft_s, 4),
+        "time_search_s": round(s.time_search_s, 4),
+        "time_verify_s": round(s.time_verify_s, 4),
+        "tokens_per_s": round(s.new_tokens / s.time_total_s, 2),
+    }
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffuspec", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="Decode one prompt speculatively and print the text and statistics.")
+    gen.add_argument("--verifier", required=True, help="Causal LM folder or Hub id (also gives the tokenizer).")
+    gen.add_argument("--drafter", default=None, help="Diffusion drafter folder or Hub id (none: plain decoding).")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--chat", action="store_true", help="Wrap the prompt in the verifier's chat template.")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", choices=sorted(DTYPES), default="auto")
+    gen.add_argument("--device", default=None, help="device_map for both models, e.g. cpu, cuda, auto.")
+    add_decode_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as error:
+        print(f"diffuspec {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

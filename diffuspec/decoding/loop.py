@@ -1,0 +1,258 @@
+"""The round loop: draft -> CPS -> verify -> accept -> ADL.
+
+Each round drafts k slots, picks one path through the lattice, scores ``[pending] + path`` with one verifier
+pass and keeps the longest acceptable prefix plus the verifier's own token. EOS and ``max_new_tokens`` are
+handled exactly as plain decoding handles them: the path is cut so a round can never overshoot the budget,
+and generation stops at the first emitted EOS. With no drafter the same loop is plain decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from ..config import DecodeConfig
+from .acceptance import greedy_accept, process_logits, sample_accept
+from .adl import make_controller
+from .cps import causal_path_search
+from .drafter import Drafter, DraftRequest
+from .lattice import Lattice
+from .verifier import Verifier
+
+
+@dataclass
+class DecodeStats:
+    """Per-round records of one ``generate`` call. tau counts the verifier's own token."""
+
+    accepted: list[int] = field(default_factory=list)  # draft tokens accepted per round
+    draft_lengths: list[int] = field(default_factory=list)  # k drafted per round (0: plain step)
+    path_lengths: list[int] = field(default_factory=list)  # tokens sent to the verifier after CPS
+    generated_lengths: list[int] = field(default_factory=list)  # L^gen per round (EOS-aware raw length)
+    new_tokens: int = 0
+    time_draft_s: float = 0.0
+    time_search_s: float = 0.0
+    time_verify_s: float = 0.0
+    time_total_s: float = 0.0
+
+    @property
+    def rounds(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def tau(self) -> float:
+        """Tokens appended per round, the verifier's correction or bonus token included."""
+        return self.new_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def mean_accepted(self) -> float:
+        """Draft tokens accepted per round (the verifier's own token excluded)."""
+        return sum(self.accepted) / self.rounds if self.rounds else 0.0
+
+    @property
+    def time_other_s(self) -> float:
+        return max(0.0, self.time_total_s - self.time_draft_s - self.time_search_s - self.time_verify_s)
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # [1, prompt_len + new]
+    stats: DecodeStats
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for queued device work so that wall-clock readings are honest on GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _resolve_eos(model: PreTrainedModel, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
+    if eos_token_id is None:
+        config = getattr(model, "generation_config", None)
+        eos_token_id = getattr(config, "eos_token_id", None)
+    if eos_token_id is None:
+        return ()
+    if isinstance(eos_token_id, int):
+        return (eos_token_id,)
+    return tuple(int(e) for e in eos_token_id)
+
+
+def _cut_after_eos(tokens: torch.Tensor, eos: tuple[int, ...]) -> torch.Tensor:
+    if eos:
+        hits = torch.nonzero(torch.isin(tokens, torch.tensor(eos, dtype=tokens.dtype)))
+        if hits.numel():
+            return tokens[: int(hits[0, 0]) + 1]
+    return tokens
+
+
+class SpeculativeDecoder:
+    """Lossless speculative decoding of ``verifier_model`` with any :class:`Drafter` (None: plain decoding)."""
+
+    def __init__(
+        self,
+        verifier_model: PreTrainedModel,
+        drafter: Drafter | None = None,
+        config: DecodeConfig | None = None,
+    ) -> None:
+        self.config = config or DecodeConfig()
+        self.drafter = drafter
+        feature_layers = drafter.feature_layers if drafter is not None else ()
+        self.verifier = Verifier(verifier_model.eval(), feature_layers=feature_layers)
+        if drafter is not None and drafter.vocab_size is not None and drafter.vocab_size != self.verifier.vocab_size:
+            raise ValueError(
+                f"drafter vocabulary ({drafter.vocab_size} ids) differs from the verifier's "
+                f"({self.verifier.vocab_size} ids); they must share one tokenizer and embedding size"
+            )
+        self.controller = make_controller(self.config.adl, self.config.draft_length)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        verifier: str | os.PathLike,
+        drafter: str | os.PathLike | None = None,
+        config: DecodeConfig | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+        drafter_device_map: str | dict | None = None,
+    ) -> SpeculativeDecoder:
+        """Load a verifier (any causal LM folder or Hub id) and a diffusion drafter (Dream, LLaDA, diffuspec)."""
+        from transformers import AutoModelForCausalLM
+
+        from ..drafters.diffusion import DiffusionDrafter
+        from ..hub import resolve_local
+
+        verifier_model = AutoModelForCausalLM.from_pretrained(
+            resolve_local(verifier), dtype=dtype, device_map=device_map
+        )
+        draft = None
+        if drafter is not None:
+            draft = DiffusionDrafter.from_pretrained(drafter, dtype=dtype, device_map=drafter_device_map or device_map)
+        return cls(verifier_model, draft, config)
+
+    # -- validation -------------------------------------------------------------------------------------------
+
+    def _check_request(
+        self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+    ) -> torch.Tensor:
+        if not isinstance(input_ids, torch.Tensor):
+            input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+        if input_ids.dim() == 2:
+            if input_ids.shape[0] != 1:
+                raise ValueError(f"batch size must be 1, got input_ids of shape {tuple(input_ids.shape)}")
+            input_ids = input_ids[0]
+        if input_ids.dim() != 1 or input_ids.numel() == 0:
+            raise ValueError(
+                f"the prompt must hold at least one token, got input_ids of shape {tuple(input_ids.shape)}"
+            )
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        vocab = self.verifier.vocab_size
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+            raise ValueError(f"input_ids hold ids outside the verifier vocabulary [0, {vocab})")
+        total = input_ids.numel() + max_new_tokens
+        limit = self.verifier.max_length
+        if limit is not None and total > limit:
+            raise ValueError(
+                f"prompt ({input_ids.numel()} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
+                f"verifier's context of {limit} tokens"
+            )
+        drafter_limit = self.drafter.max_length() if self.drafter is not None else None
+        if drafter_limit is not None and total - 1 + self.config.max_draft_length > drafter_limit:
+            raise ValueError(
+                f"prompt + max_new_tokens + draft length ({total - 1 + self.config.max_draft_length}) exceeds the "
+                f"drafter's context of {drafter_limit} tokens"
+            )
+        return input_ids.long()
+
+    # -- one round --------------------------------------------------------------------------------------------
+
+    def _draft(self, ids: torch.Tensor, k: int, eos: tuple[int, ...]) -> Lattice:
+        cps = self.config.cps
+        request = DraftRequest(
+            ids=ids, k=k, width=cps.m_max if cps is not None else 1, eos_token_ids=eos, features=self.verifier.features
+        )
+        return self.drafter.propose(request)
+
+    def _search(self, lattice: Lattice, ids: torch.Tensor, eos: tuple[int, ...]) -> torch.Tensor:
+        cps = self.config.cps
+        if cps is None:
+            return _cut_after_eos(lattice.draft, eos)
+        path = causal_path_search(lattice, ids, cps)
+        return torch.as_tensor(path, dtype=torch.long)
+
+    # -- generate ---------------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+    ) -> GenerateOutput:
+        """Decode one prompt. At temperature 0 the output equals the verifier's greedy decoding token for token;
+        above 0 its distribution equals sampling from the verifier with the same temperature, top-k and top-p."""
+        prompt = self._check_request(input_ids, max_new_tokens, temperature, top_k, top_p)
+        eos = _resolve_eos(self.verifier.model, eos_token_id)
+        device = self.verifier.device
+        stats = DecodeStats()
+        start = time.perf_counter()
+
+        self.verifier.start(prompt)
+        self.controller.reset()
+        if self.drafter is not None:
+            self.drafter.reset()
+        out = [prompt.cpu()]
+        ids = prompt.cpu()
+        while stats.new_tokens < max_new_tokens:
+            remaining = max_new_tokens - stats.new_tokens
+            k = min(self.controller.k, remaining - 1) if self.drafter is not None else 0
+            path = torch.empty(0, dtype=torch.long)
+            generated_len = 0
+            if k > 0:
+                t0 = time.perf_counter()
+                lattice = self._draft(ids, k, eos)
+                _sync(device)
+                t1 = time.perf_counter()
+                path = self._search(lattice, ids, eos)[:k]
+                generated_len = lattice.eos_aware_length()
+                stats.time_draft_s += t1 - t0
+                stats.time_search_s += time.perf_counter() - t1
+
+            t2 = time.perf_counter()
+            logits = self.verifier.step(path)
+            if temperature == 0:
+                accepted, token = greedy_accept(path.to(logits.device), logits)
+            else:
+                probs = process_logits(logits, temperature, top_k, top_p).cpu()
+                accepted, token = sample_accept(path, probs, generator)
+            _sync(device)
+            stats.time_verify_s += time.perf_counter() - t2
+
+            new = _cut_after_eos(torch.cat([path[:accepted], torch.tensor([token])]), eos)
+            out.append(new)
+            ids = torch.cat([ids, new])
+            stats.new_tokens += new.numel()
+            stats.accepted.append(accepted)
+            stats.draft_lengths.append(k)
+            stats.path_lengths.append(path.numel())
+            stats.generated_lengths.append(generated_len)
+            if eos and int(new[-1]) in eos:
+                break  # an EOS was emitted
+            self.verifier.commit(accepted, token)
+            if k > 0:
+                self.controller.update(generated_len, accepted)
+        stats.time_total_s = time.perf_counter() - start
+        return GenerateOutput(sequences=torch.cat(out)[None], stats=stats)

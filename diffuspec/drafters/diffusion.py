@@ -1,0 +1,98 @@
+"""DiffusionDrafter: a masked-diffusion LM drafts a whole block in one forward pass.
+
+Input is ``prefix ++ [MASK] * k``; every masked slot gets a distribution from the same pass. Dream-style
+models keep the AR shift (slot s is read from output row s - 1), LLaDA-style models do not (row s). With
+``steps > 1`` the most confident still-masked slots are committed after each pass and the model runs again;
+committed slots become point masses in the final lattice (method.md section 1).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+from transformers import PreTrainedModel
+
+from ..decoding.drafter import Drafter, DraftRequest
+from ..decoding.lattice import Lattice
+
+
+def check_bidirectional(model: PreTrainedModel) -> None:
+    """Refuse a causal model: changing the last input token must change the first position's logits."""
+    device = model.device
+    a = torch.tensor([[0, 1]], device=device)
+    b = torch.tensor([[0, 2]], device=device)
+    with torch.inference_mode():
+        first_a = model(input_ids=a).logits[0, 0]
+        first_b = model(input_ids=b).logits[0, 0]
+    if torch.equal(first_a, first_b):
+        raise ValueError(
+            f"{type(model).__name__} is causal: position 0 ignores later tokens. A diffusion drafter needs "
+            "bidirectional attention (for transformers decoder classes, set config.is_causal = False)."
+        )
+
+
+class DiffusionDrafter(Drafter):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        mask_token_id: int,
+        shifted: bool = True,
+        steps: int = 1,
+        check_attention: bool = True,
+    ) -> None:
+        self.model = model.eval()
+        self.vocab_size = int(model.config.get_text_config().vocab_size)
+        if not 0 <= mask_token_id < self.vocab_size:
+            raise ValueError(f"mask_token_id {mask_token_id} is outside the drafter vocabulary [0, {self.vocab_size})")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if check_attention:
+            check_bidirectional(model)
+        self.mask_token_id = int(mask_token_id)
+        self.shifted = bool(shifted)
+        self.steps = int(steps)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, steps: int = 1, **load_kwargs) -> DiffusionDrafter:
+        """Load a Dream, LLaDA or diffuspec drafter; mask id and shift convention come from the checkpoint."""
+        from ..models.loading import load_diffusion_model
+
+        model, mask_token_id, shifted = load_diffusion_model(path, **load_kwargs)
+        return cls(model, mask_token_id=mask_token_id, shifted=shifted, steps=steps)
+
+    def max_length(self) -> int | None:
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    def _slot_logprobs(self, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
+        """One pass over x [n + k]; log-probs [k, V] of the k slots, the mask token excluded."""
+        keep = k + 1 if self.shifted else k
+        logits = self.model(input_ids=x[None], logits_to_keep=keep).logits[0]
+        rows = logits[:-1] if self.shifted else logits  # slot s reads row s - 1 (shifted) or row s
+        rows = rows.float()
+        rows[:, self.mask_token_id] = float("-inf")
+        return torch.log_softmax(rows, dim=-1)
+
+    @torch.inference_mode()
+    def propose(self, request: DraftRequest) -> Lattice:
+        n, k = request.ids.numel(), request.k
+        x = torch.cat(
+            [request.ids.to(self.model.device), torch.full((k,), self.mask_token_id, device=self.model.device)]
+        )
+        committed = torch.zeros(k, dtype=torch.bool, device=x.device)
+        per_step = math.ceil(k / self.steps)
+        for step in range(self.steps):
+            logprobs = self._slot_logprobs(x, n, k)
+            if step == self.steps - 1:
+                break
+            confidence, best = logprobs.max(dim=-1)
+            confidence[committed] = float("-inf")
+            chosen = torch.topk(confidence, min(per_step, int((~committed).sum()) - 1)).indices
+            x[n + chosen] = best[chosen]
+            committed[chosen] = True
+        if committed.any():  # committed slots are point masses on their token
+            tokens = x[n:][committed]
+            logprobs[committed] = float("-inf")
+            logprobs[committed.nonzero()[:, 0], tokens] = 0.0
+        return Lattice.from_logprobs(logprobs.cpu(), request.width, request.eos_token_ids)
