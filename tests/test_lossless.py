@@ -28,7 +28,7 @@ def _drafter(kind: str, verifier, dlm):
     if kind == "diffusion":
         return DiffusionDrafter(dlm, mask_token_id=VOCAB - 1, shifted=True)
     if kind == "diffusion_unshifted_s2":
-        return DiffusionDrafter(dlm, mask_token_id=VOCAB - 1, shifted=False, steps=2)
+        return DiffusionDrafter(dlm, mask_token_id=VOCAB - 1, shifted=False, steps=2, context_window=5)
     if kind == "prompt_lookup":
         return PromptLookupDrafter(max_ngram=2)
     ar = tiny_qwen2(seed=5, vocab_size=VOCAB, hidden_size=32, num_layers=1, init_std=0.3, dtype=torch.float64)

@@ -4,6 +4,11 @@ Input is ``prefix ++ [MASK] * k``; every masked slot gets a distribution from th
 models keep the AR shift (slot s is read from output row s - 1), LLaDA-style models do not (row s). With
 ``steps > 1`` the most confident still-masked slots are committed after each pass and the model runs again;
 committed slots become point masses in the final lattice (method.md section 1).
+
+``context_window`` lets the drafter read only the last W committed tokens. The drafter has no KV cache (its
+prefix attends to the masks), so each pass costs O(prefix); on small verifiers, where one verifier step is
+cheap, a bounded window keeps the draft affordable. RoPE attention depends only on relative positions, so
+a window sees the same local geometry as the full prefix.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class DiffusionDrafter(Drafter):
         mask_token_id: int,
         shifted: bool = True,
         steps: int = 1,
+        context_window: int | None = None,
         check_attention: bool = True,
     ) -> None:
         self.model = model.eval()
@@ -48,21 +54,28 @@ class DiffusionDrafter(Drafter):
             raise ValueError(f"mask_token_id {mask_token_id} is outside the drafter vocabulary [0, {self.vocab_size})")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if context_window is not None and context_window < 1:
+            raise ValueError(f"context_window must be >= 1 or None, got {context_window}")
         if check_attention:
             check_bidirectional(model)
         self.mask_token_id = int(mask_token_id)
         self.shifted = bool(shifted)
         self.steps = int(steps)
+        self.context_window = context_window
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, steps: int = 1, **load_kwargs) -> DiffusionDrafter:
+    def from_pretrained(
+        cls, path: str | os.PathLike, steps: int = 1, context_window: int | None = None, **load_kwargs
+    ) -> DiffusionDrafter:
         """Load a Dream, LLaDA or diffuspec drafter; mask id and shift convention come from the checkpoint."""
         from ..models.loading import load_diffusion_model
 
         model, mask_token_id, shifted = load_diffusion_model(path, **load_kwargs)
-        return cls(model, mask_token_id=mask_token_id, shifted=shifted, steps=steps)
+        return cls(model, mask_token_id=mask_token_id, shifted=shifted, steps=steps, context_window=context_window)
 
     def max_length(self) -> int | None:
+        if self.context_window is not None:
+            return None  # the window keeps every pass inside the model's context
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
 
     def _slot_logprobs(self, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -76,10 +89,10 @@ class DiffusionDrafter(Drafter):
 
     @torch.inference_mode()
     def propose(self, request: DraftRequest) -> Lattice:
-        n, k = request.ids.numel(), request.k
-        x = torch.cat(
-            [request.ids.to(self.model.device), torch.full((k,), self.mask_token_id, device=self.model.device)]
-        )
+        ids = request.ids if self.context_window is None else request.ids[-self.context_window :]
+        n, k = ids.numel(), request.k
+        device = self.model.device
+        x = torch.cat([ids.to(device), torch.full((k,), self.mask_token_id, device=device)])
         committed = torch.zeros(k, dtype=torch.bool, device=x.device)
         per_step = math.ceil(k / self.steps)
         for step in range(self.steps):
