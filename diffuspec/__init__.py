@@ -5,6 +5,7 @@ from .decoding.drafter import Drafter, DraftRequest
 from .decoding.lattice import Lattice
 from .decoding.loop import DecodeStats, GenerateOutput, SpeculativeDecoder
 from .drafters.autoregressive import AutoregressiveDrafter
+from .drafters.conditioned import ConditionedDrafter
 from .drafters.diffusion import DiffusionDrafter
 from .drafters.prompt_lookup import PromptLookupDrafter
 
@@ -14,6 +15,7 @@ __all__ = [
     "ADLConfig",
     "AutoregressiveDrafter",
     "CPSConfig",
+    "ConditionedDrafter",
     "DecodeConfig",
     "DecodeStats",
     "DiffusionDrafter",

@@ -91,6 +91,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import config_from_args, evaluate
+
+    return evaluate(config_from_args(args))
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from .hub import push_drafter
+
+    print(push_drafter(args.folder, args.repo_id, token=args.token, private=args.private))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import run_quickstart
+
+    run_quickstart(preset="fast" if args.fast else args.preset, run_dir=args.run_dir, force=args.force, only=args.stage)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffuspec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default=None, help="device_map for both models, e.g. cpu, cuda, auto.")
     add_decode_flags(gen)
     gen.set_defaults(func=cmd_generate)
+
+    quick = sub.add_parser("quickstart", help="Whole pipeline on a CPU: verifier, drafters, alignment, speed table.")
+    quick.add_argument("--preset", default="full", help="Preset of recipes/tiny-cpu/quickstart.yaml.")
+    quick.add_argument("--fast", action="store_true", help="The small CI preset (same stages, smaller everything).")
+    quick.add_argument("--run-dir", default="runs/quickstart", help="Where every stage's artifacts are cached.")
+    quick.add_argument("--force", action="store_true", help="Rebuild stages even when cached.")
+    quick.add_argument("--stage", default=None, help="Build only this stage (its inputs must be built).")
+    quick.set_defaults(func=cmd_quickstart)
+
+    from .evaluation.config import add_arguments as add_eval_arguments
+
+    ev = sub.add_parser("eval", help="Time decoding methods against plain decoding on a benchmark (YAML recipe).")
+    add_eval_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    push = sub.add_parser("push", help="Upload a drafter folder (weights, tokenizer, diffuspec_config.json, card).")
+    push.add_argument("folder", help="Drafter or adapter folder; checked before anything is uploaded.")
+    push.add_argument("--repo-id", required=True, help="Hub repository, e.g. you/dream-7b-for-qwen2.5-7b.")
+    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    push.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN).")
+    push.set_defaults(func=cmd_push)
     return parser
 
 

@@ -8,6 +8,15 @@ from diffuspec.models.tiny import tiny_qwen2
 VOCAB = 96
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared 2-core machine stalls multi-threaded ops."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def verifier():
     """A random verifier in float64, so block and single-token passes agree far beyond argmax ties."""

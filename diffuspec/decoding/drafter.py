@@ -27,7 +27,7 @@ class DraftRequest:
     k: int  # number of slots to draft
     width: int  # candidates to keep per slot in the lattice (top-M)
     eos_token_ids: tuple[int, ...]
-    features: torch.Tensor | None = None  # [n, F]: verifier hidden states of committed positions, if asked for
+    features: torch.Tensor | None = None  # [n - 1, F]: verifier states of ids[:-1] (the newest is not encoded yet)
 
 
 class Drafter(ABC):
@@ -46,4 +46,8 @@ class Drafter(ABC):
 
     def max_length(self) -> int | None:
         """Longest prefix + draft the drafter's model can read (None: unbounded)."""
+        return None
+
+    def max_draft_length(self) -> int | None:
+        """Most slots one proposal can hold (None: any); block drafters have a fixed block size."""
         return None

@@ -102,10 +102,18 @@ class SpeculativeDecoder:
         self.drafter = drafter
         feature_layers = drafter.feature_layers if drafter is not None else ()
         self.verifier = Verifier(verifier_model.eval(), feature_layers=feature_layers)
-        if drafter is not None and drafter.vocab_size is not None and drafter.vocab_size != self.verifier.vocab_size:
+        # A drafter may have fewer embedding rows than the verifier (checkpoints pad differently), never more:
+        # it could then propose ids the verifier cannot score.
+        if drafter is not None and drafter.vocab_size is not None and drafter.vocab_size > self.verifier.vocab_size:
             raise ValueError(
                 f"drafter vocabulary ({drafter.vocab_size} ids) differs from the verifier's "
-                f"({self.verifier.vocab_size} ids); they must share one tokenizer and embedding size"
+                f"({self.verifier.vocab_size} ids): the drafter could propose ids the verifier cannot score"
+            )
+        block = drafter.max_draft_length() if drafter is not None else None
+        if block is not None and self.config.max_draft_length > block:
+            raise ValueError(
+                f"draft length {self.config.max_draft_length} (ADL k_max or draft_length) exceeds the drafter's "
+                f"block of {block} slots"
             )
         self.controller = make_controller(self.config.adl, self.config.draft_length)
 

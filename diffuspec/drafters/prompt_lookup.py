@@ -1,7 +1,7 @@
-"""PromptLookupDrafter: copy the continuation of the latest earlier occurrence of the current n-gram.
+"""PromptLookupDrafter: copy the continuation of an earlier occurrence of the current n-gram.
 
 No model: the last ``n`` tokens (n from ``max_ngram`` down to ``min_ngram``) are searched in the prompt and
-the output so far, and the tokens that followed the most recent match are drafted as point masses.
+the output so far, and the tokens that followed the earliest match are drafted as point masses.
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ from ..decoding.lattice import Lattice
 
 
 def find_continuation(ids: torch.Tensor, k: int, min_ngram: int, max_ngram: int) -> torch.Tensor:
-    """Up to k tokens that followed the most recent earlier occurrence of the longest matching tail n-gram."""
+    """Up to k tokens that followed the earliest occurrence of the longest matching tail n-gram.
+
+    The earliest match leaves the longest continuation: in a repeating stretch it copies several periods.
+    """
     n = ids.numel()
     for size in range(min(max_ngram, n - 1), min_ngram - 1, -1):
         tail = ids[n - size :]
         windows = ids[: n - 1].unfold(0, size, 1)  # every n-gram that ends before the last token
         starts = torch.nonzero((windows == tail).all(dim=-1))[:, 0]
         if starts.numel():
-            begin = int(starts[-1]) + size
+            begin = int(starts[0]) + size
             return ids[begin : begin + k]
     return ids[:0]
 

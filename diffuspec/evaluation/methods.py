@@ -1,0 +1,332 @@
+"""The decoding methods the harness times, behind one call: ``runner(ids, max_new_tokens, temperature, seed)``.
+
+- :class:`DecoderRunner` wraps our :class:`~diffuspec.decoding.loop.SpeculativeDecoder` (``ar``, ``pld``, ``sps``
+  and diffusion drafters). Rounds, accepted lengths and the draft / search / verify split come from its stats.
+- :class:`HFRunner` wraps transformers' ``generate`` (``hf_generate``, ``hf_pld``, ``hf_assisted``). transformers
+  does not return per-round counts, so a forward pre-hook on the verifier records each pass (tokens already
+  cached, tokens fed); rounds and accepted lengths follow from that layout, and when the layout is not the one
+  assisted decoding uses, tau is reported as null with the reason. Its time is wall clock only.
+
+Both time the whole call with the device synchronised before and after, so every method is timed the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from ..config import DecodeConfig
+from ..decoding.loop import SpeculativeDecoder
+from ..drafters.autoregressive import AutoregressiveDrafter
+from ..drafters.diffusion import DiffusionDrafter
+from ..drafters.prompt_lookup import PromptLookupDrafter
+from ..hub import resolve_local
+from .config import EvalConfig, MethodSpec
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels so that perf_counter brackets the real work (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class RoundLog:
+    """Per verifier round: draft tokens accepted, tokens verified after the path search, tokens drafted (k)."""
+
+    accepted: list[int]
+    path_lengths: list[int]
+    draft_lengths: list[int]
+
+
+@dataclass
+class RunOutput:
+    tokens: list[int]  # new tokens only
+    time_s: float  # device-synchronised wall clock of the whole call
+    rounds: RoundLog | None  # None: not observable, see note
+    split: dict[str, float] | None = None  # {"draft", "search", "verify"} seconds; None for transformers methods
+    note: str | None = None
+
+
+@dataclass
+class DecoderRunner:
+    name: str
+    kind: str
+    decoder: SpeculativeDecoder
+    eos: tuple[int, ...]
+    tau_source: str = "decoder round statistics"
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.verifier.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.verifier.model.dtype
+
+    def __call__(self, ids: torch.Tensor, max_new_tokens: int, temperature: float, seed: int) -> RunOutput:
+        generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+        sync(self.device)
+        start = time.perf_counter()
+        out = self.decoder.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            generator=generator,
+            eos_token_id=list(self.eos),
+        )
+        sync(self.device)
+        elapsed = time.perf_counter() - start
+        s = out.stats
+        split = {"draft": s.time_draft_s, "search": s.time_search_s, "verify": s.time_verify_s}
+        rounds = RoundLog(list(s.accepted), list(s.path_lengths), list(s.draft_lengths))
+        return RunOutput(out.sequences[0, ids.numel() :].tolist(), elapsed, rounds, split)
+
+
+@dataclass
+class HFRunner:
+    name: str
+    kind: str
+    model: PreTrainedModel
+    eos: tuple[int, ...]
+    pad_token_id: int
+    generate_kwargs: dict[str, Any] = field(default_factory=dict)
+    tau_source: str = "verifier forward passes counted by a pre-forward hook"
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def __call__(self, ids: torch.Tensor, max_new_tokens: int, temperature: float, seed: int) -> RunOutput:
+        input_ids = ids.to(self.device)[None]
+        kwargs = dict(
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=0,
+            do_sample=temperature > 0,
+            num_beams=1,
+            eos_token_id=list(self.eos) or None,
+            pad_token_id=self.pad_token_id,
+            **self.generate_kwargs,
+        )
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_k=0, top_p=1.0)  # plain sampling, as our decoder does
+            torch.manual_seed(seed)
+        calls: list[tuple[int, int] | None] = []
+        handle = self.model.register_forward_pre_hook(_recorder(calls), with_kwargs=True)
+        try:
+            sync(self.device)
+            start = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            sync(self.device)
+            elapsed = time.perf_counter() - start
+        finally:
+            handle.remove()
+        tokens = out[0, ids.numel() :].tolist()
+        rounds = rounds_from_forward_calls(calls, ids.numel(), len(tokens))
+        if isinstance(rounds, str):
+            return RunOutput(tokens, elapsed, None, note=rounds)
+        return RunOutput(tokens, elapsed, rounds)
+
+
+def _recorder(calls: list[tuple[int, int] | None]):
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        cache, input_ids = kwargs.get("cache"), kwargs.get("input_ids")
+        if cache is None or input_ids is None:
+            calls.append(None)
+        else:
+            calls.append((int(cache.get_seq_length()), int(input_ids.shape[-1])))
+
+    return record
+
+
+def rounds_from_forward_calls(calls: list[tuple[int, int] | None], prompt_len: int, new_tokens: int) -> RoundLog | str:
+    """Rounds of a transformers ``generate`` call from its verifier passes ``(cached tokens, tokens fed)``.
+
+    transformers' greedy and assisted loops run one verifier pass per round: the first pass reads the prompt
+    plus the candidates, and each later pass starts from a cache cropped to the committed sequence minus its
+    newest token. So the committed length before round i > 0 is ``cached_i + 1``, the candidates of round i are
+    ``fed_i - 1`` (``fed_0 - prompt_len`` for the first), and a round appends the difference of committed
+    lengths. Returns the reason as a string when the passes do not fit this layout.
+    """
+    if not calls or any(c is None for c in calls):
+        return "transformers' forward calls did not expose the cache and input ids, so rounds were not counted"
+    if calls[0][0] != 0:
+        return f"the first verifier pass found {calls[0][0]} cached tokens, not a fresh cache; rounds not counted"
+    committed = [prompt_len] + [cached + 1 for cached, _ in calls[1:]] + [prompt_len + new_tokens]
+    appended = [b - a for a, b in zip(committed, committed[1:], strict=False)]
+    proposed = [calls[0][1] - prompt_len] + [fed - 1 for _, fed in calls[1:]]
+    if any(a < 1 or a - 1 > p or p < 0 for a, p in zip(appended, proposed, strict=True)):
+        return "transformers' verifier passes do not follow the assisted-decoding layout; rounds not counted"
+    accepted = [a - 1 for a in appended]
+    return RoundLog(accepted, proposed, proposed)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_causal_lm(path: str, dtype: str, device: torch.device) -> PreTrainedModel:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_local(path), dtype=torch_dtype(dtype), device_map=str(device))
+    return model.eval()
+
+
+def config_vocab_size(folder: str | Path) -> int:
+    """Embedding rows from config.json, read without loading weights (Dream/LLaDA configs need no remote code)."""
+    config_file = Path(folder) / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json, so it is not a model folder")
+    raw = json.loads(config_file.read_text())
+    size = raw.get("vocab_size", (raw.get("text_config") or {}).get("vocab_size"))
+    if size is None:
+        raise ValueError(f"{config_file} gives no vocab_size")
+    return int(size)
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+    return any((Path(folder) / name).is_file() for name in names)
+
+
+def check_drafter_compatible(verifier: str, drafter: str) -> None:
+    """Refuse a drafter whose ids mean other strings to the verifier, before any weights load: equal vocabulary
+    sizes, and, when both folders have tokenizers, the same id for every token string both know."""
+    verifier_dir, drafter_dir = resolve_local(verifier), resolve_local(drafter)
+    v_size, d_size = config_vocab_size(verifier_dir), config_vocab_size(drafter_dir)
+    if v_size != d_size:
+        raise ValueError(
+            f"drafter {drafter} has {d_size} vocabulary rows, the verifier {verifier} has {v_size}; "
+            "drafted ids are handed to the verifier unchanged, so both must use one tokenizer and embedding size"
+        )
+    if has_tokenizer(verifier_dir) and has_tokenizer(drafter_dir):
+        from transformers import AutoTokenizer
+
+        from ..models.tokenizers import check_tokenizers_compatible
+
+        check_tokenizers_compatible(
+            AutoTokenizer.from_pretrained(drafter_dir), AutoTokenizer.from_pretrained(verifier_dir)
+        )
+
+
+def load_proxy(path: str) -> Any:
+    from ..decoding.proxy import KenLMProxy, NGramProxy
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"proxy file {path} does not exist")
+    return KenLMProxy(path) if path.endswith((".arpa", ".bin", ".klm")) else NGramProxy.load(path)
+
+
+def check_inputs(config: EvalConfig) -> None:
+    """Everything that can be checked without loading weights: drafter folders, proxies, tokenizer agreement."""
+    for spec in config.methods:
+        if spec.proxy is not None and not Path(spec.proxy).is_file():
+            raise FileNotFoundError(f"method {spec.name!r}: proxy file {spec.proxy} does not exist")
+        if spec.drafter is not None:
+            check_drafter_compatible(config.verifier, spec.drafter)
+
+
+def stop_tokens(model: PreTrainedModel, tokenizer: Any) -> tuple[tuple[int, ...], int]:
+    """EOS ids (the verifier's generation config, else its tokenizer's eos) and a pad id for transformers."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(int(e) for e in eos))
+    pad = getattr(tokenizer, "pad_token_id", None)
+    pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
+    return eos_ids, int(pad)
+
+
+def neutral_generation_config(eos: tuple[int, ...], pad_token_id: int) -> GenerationConfig:
+    """A generation config with nothing but stop and pad ids. A checkpoint's own generation_config.json (Qwen2.5
+    Instruct ships repetition_penalty=1.05, top_k, top_p) would otherwise be merged into transformers' greedy
+    decoding and change its tokens, while our ``ar`` is the plain argmax."""
+    return GenerationConfig(eos_token_id=list(eos) or None, pad_token_id=pad_token_id)
+
+
+def build_runner(
+    spec: MethodSpec,
+    verifier: PreTrainedModel,
+    eos: tuple[int, ...],
+    pad_token_id: int,
+    ar_drafter: PreTrainedModel | None = None,
+    diffusion: tuple[PreTrainedModel, int, bool] | None = None,
+) -> DecoderRunner | HFRunner:
+    """One runner from an already-loaded verifier (and drafter model, if the method needs one)."""
+    if spec.kind == "ar":
+        return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier), eos)
+    if spec.kind == "hf_generate":
+        return HFRunner(spec.name, spec.kind, verifier, eos, pad_token_id)
+    if spec.kind == "hf_pld":
+        kwargs = {"prompt_lookup_num_tokens": spec.draft_length, "max_matching_ngram_size": spec.max_ngram}
+        return HFRunner(spec.name, spec.kind, verifier, eos, pad_token_id, kwargs)
+    if spec.kind == "hf_assisted":
+        ar_drafter.generation_config = GenerationConfig(
+            num_assistant_tokens=spec.draft_length,
+            num_assistant_tokens_schedule=spec.schedule,
+            assistant_confidence_threshold=spec.confidence_threshold,
+            eos_token_id=list(eos) or None,
+            pad_token_id=pad_token_id,
+        )
+        return HFRunner(spec.name, spec.kind, verifier, eos, pad_token_id, {"assistant_model": ar_drafter})
+    fixed = DecodeConfig(cps=None, adl=None, draft_length=spec.draft_length or 1)
+    if spec.kind == "pld":
+        drafter = PromptLookupDrafter(max_ngram=spec.max_ngram, min_ngram=spec.min_ngram)
+        return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, fixed), eos)
+    if spec.kind == "sps":
+        return DecoderRunner(
+            spec.name, spec.kind, SpeculativeDecoder(verifier, AutoregressiveDrafter(ar_drafter), fixed), eos
+        )
+    if spec.kind == "diffusion":
+        model, mask_token_id, shifted = diffusion
+        drafter = DiffusionDrafter(
+            model, mask_token_id=mask_token_id, shifted=shifted, steps=spec.steps, context_window=spec.context_window
+        )
+        proxy = load_proxy(spec.proxy) if spec.proxy else None
+        config = DecodeConfig(cps=spec.cps_config(proxy), adl=spec.adl_config(), draft_length=spec.draft_length)
+        return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
+    raise ValueError(f"unknown method kind {spec.kind!r}")
+
+
+def load_runners(
+    config: EvalConfig, verifier: PreTrainedModel, eos: tuple[int, ...], pad_token_id: int, device: torch.device
+) -> list[DecoderRunner | HFRunner]:
+    """Load each drafter folder once (several methods may share one) and build the runners in recipe order."""
+    from ..models.loading import load_diffusion_model
+
+    ar_models: dict[str, PreTrainedModel] = {}
+    dlms: dict[str, tuple[PreTrainedModel, int, bool]] = {}
+    runners = []
+    for spec in config.methods:
+        ar_model = diffusion = None
+        if spec.kind in ("sps", "hf_assisted"):
+            if spec.drafter not in ar_models:
+                ar_models[spec.drafter] = load_causal_lm(spec.drafter, config.dtype, device)
+            ar_model = ar_models[spec.drafter]
+        if spec.kind == "diffusion":
+            if spec.drafter not in dlms:
+                dtype = None if config.dtype == "auto" else torch_dtype(config.dtype)
+                dlms[spec.drafter] = load_diffusion_model(spec.drafter, dtype=dtype, device_map=str(device))
+            diffusion = dlms[spec.drafter]
+        runners.append(build_runner(spec, verifier, eos, pad_token_id, ar_model, diffusion))
+    return runners

@@ -1,0 +1,52 @@
+"""``diffuspec quickstart``: the whole pipeline on a laptop CPU, from nothing to a speed table.
+
+corpus -> verifier -> ar_drafter -> drafter_unaligned -> data -> proxy -> drafter_aligned -> eval
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import stages as s
+from .config import QuickstartConfig, load_preset
+from .pipeline import Stage, run_stages
+
+SHAPE = ("block_size", "batch_size", "lr", "seed")
+
+STAGES = [
+    Stage("corpus", (), s.build_corpus, ("corpus_bytes", "heldout_fraction", "vocab_size")),
+    Stage("verifier", ("corpus",), s.build_verifier, ("verifier", "verifier_steps", *SHAPE)),
+    Stage("ar_drafter", ("corpus",), s.build_ar_drafter, ("ar_drafter", "ar_drafter_steps", *SHAPE)),
+    Stage("drafter_unaligned", ("corpus", "verifier"), s.build_drafter_unaligned, ("drafter_layers", "drafter_steps", *SHAPE)),
+    Stage("data", ("corpus", "verifier"), s.build_data, ("data_prompts", "prompt_tokens", "completion_tokens", "eval_prompts", "eval_prompt_tokens", "seed")),
+    Stage("proxy", ("corpus", "data"), s.build_proxy, ("block_size",)),
+    Stage("drafter_aligned", ("verifier", "drafter_unaligned", "data"), s.build_drafter_aligned, ("align_steps", "prompt_tokens", "completion_tokens", "batch_size", "seed")),
+    Stage(
+        "eval",
+        ("corpus", "verifier", "ar_drafter", "drafter_unaligned", "data", "proxy", "drafter_aligned"),
+        s.build_eval,
+        ("eval_prompt_tokens", "max_new_tokens", "repeats", "draft_window", "threads"),
+    ),
+]
+
+
+def run_quickstart(
+    preset: str = "full", run_dir: str | Path = "runs/quickstart", force: bool = False, only: str | None = None
+) -> Path:
+    """Build every stage (cached), print the results table and return the run folder."""
+    config: QuickstartConfig = load_preset(preset)
+    run_dir = Path(run_dir)
+    torch.set_num_threads(config.threads)
+    start = time.perf_counter()
+    folders = run_stages(STAGES, config, run_dir, force=force, only=only)
+    results = folders["eval"] / "results.md"
+    if results.exists() and only in (None, "eval"):
+        print(results.read_text())
+    summary = {"preset": preset, "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
+    print(json.dumps(summary))
+    print(f"Results in {folders['eval']} (results.json, results.md, plots)")
+    return run_dir

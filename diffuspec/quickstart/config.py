@@ -1,0 +1,76 @@
+"""Quickstart settings: one dataclass, two presets (``full`` and ``fast``) in recipes/tiny-cpu/quickstart.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu" / "quickstart.yaml"
+
+
+@dataclass
+class ModelShape:
+    hidden_size: int
+    num_layers: int
+    num_heads: int = 8
+    num_kv_heads: int = 2
+    intermediate_size: int | None = None
+
+
+@dataclass
+class QuickstartConfig:
+    seed: int = 0
+    threads: int = field(default=2, metadata={"help": "torch threads for every stage (timings are per setting)."})
+    corpus_bytes: int = field(default=3_000_000, metadata={"help": "Standard-library source bytes to use."})
+    heldout_fraction: float = 0.1
+    vocab_size: int = 2048
+    block_size: int = field(default=128, metadata={"help": "Training sequence length."})
+    verifier: ModelShape = field(default_factory=lambda: ModelShape(256, 4, intermediate_size=768))
+    verifier_steps: int = 500
+    ar_drafter: ModelShape = field(default_factory=lambda: ModelShape(128, 1, 4, 2, 384))
+    ar_drafter_steps: int = 300
+    drafter_layers: int = field(default=1, metadata={"help": "Verifier layers the diffusion drafter starts from."})
+    drafter_steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    # alignment data: verifier continuations of training-split prompts
+    data_prompts: int = 400
+    prompt_tokens: int = 64
+    completion_tokens: int = 64
+    align_steps: int = 400
+    # evaluation
+    eval_prompts: int = 20
+    eval_prompt_tokens: int = 128
+    max_new_tokens: int = 64
+    repeats: int = 3
+    draft_window: int | None = field(default=64, metadata={"help": "Diffusion drafter context window (tokens)."})
+
+    def __post_init__(self) -> None:
+        for name in ("verifier", "ar_drafter"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, ModelShape(**value))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"quickstart setting {f.name} must be >= 0, got {value}")
+        if self.repeats < 3:
+            raise ValueError(f"repeats must be >= 3 (speedup is a median of interleaved repeats), got {self.repeats}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_preset(name: str, path: Path = RECIPE, **overrides) -> QuickstartConfig:
+    """Read preset ``name`` from the recipe; unknown keys are an error naming them."""
+    presets = yaml.safe_load(path.read_text())
+    if name not in presets:
+        raise ValueError(f"unknown quickstart preset {name!r}; {path} has {sorted(presets)}")
+    values = {**(presets[name] or {}), **overrides}
+    known = {f.name for f in fields(QuickstartConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown quickstart setting(s) {unknown} in preset {name!r} of {path}")
+    return QuickstartConfig(**values)

@@ -1,0 +1,90 @@
+"""The quickstart corpus: the standard library's own Python sources, split by file, and a BPE tokenizer.
+
+Every Python installation ships this text, so the quickstart needs no download. Files are assigned to
+train / held-out by a hash of their relative path, which keeps the split stable across machines and runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sysconfig
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+EOS, PAD, MASK = "<|endoftext|>", "<|pad|>", "<|mask|>"
+SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
+
+
+def stdlib_files(max_bytes: int) -> list[Path]:
+    """Standard-library .py files (no tests), in a fixed order, until ``max_bytes`` of source is collected."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if any(p in SKIP_PARTS or p.startswith("test_") for p in parts):
+            continue
+        files.append(path)
+    files.sort(key=lambda p: hashlib.sha1(str(p.relative_to(root)).encode()).hexdigest())  # mixes packages
+    chosen, total = [], 0
+    for path in files:
+        if total >= max_bytes:
+            break
+        chosen.append(path)
+        total += path.stat().st_size
+    return chosen
+
+
+def split_files(files: list[Path], heldout_fraction: float) -> tuple[list[Path], list[Path]]:
+    """Held-out if the first byte of the file name's hash falls under the fraction."""
+    heldout = [p for p in files if hashlib.sha1(p.name.encode()).digest()[0] < 256 * heldout_fraction]
+    train = [p for p in files if p not in set(heldout)]
+    return train, heldout
+
+
+def write_corpus(out_dir: Path, max_bytes: int, heldout_fraction: float = 0.1) -> dict[str, Path]:
+    """Write train.jsonl / heldout.jsonl, one source file per line ({"path", "text"})."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train, heldout = split_files(stdlib_files(max_bytes), heldout_fraction)
+    paths = {}
+    for name, files in (("train", train), ("heldout", heldout)):
+        target = out_dir / f"{name}.jsonl"
+        tmp = target.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            for path in files:
+                text = path.read_text(encoding="utf-8", errors="replace")
+                f.write(json.dumps({"path": path.name, "text": text}) + "\n")
+        tmp.replace(target)
+        paths[name] = target
+    return paths
+
+
+def read_texts(path: Path) -> list[str]:
+    return [json.loads(line)["text"] for line in path.open()]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with EOS, PAD and MASK as special tokens, saved in the transformers format."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD, MASK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD, mask_token=MASK)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def pack(texts: list[str], tokenizer: PreTrainedTokenizerFast, block: int) -> list[list[int]]:
+    """Tokenize each file, end it with EOS, concatenate and cut into blocks of ``block`` tokens."""
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False).input_ids:
+        stream.extend(ids + [tokenizer.eos_token_id])
+    return [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]

@@ -1,0 +1,254 @@
+"""The quickstart's stages. Each builds one artifact folder from the config and its input folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+from ..models.tiny import tiny_qwen2
+from .config import ModelShape, QuickstartConfig
+from .corpus import pack, read_texts, train_tokenizer, write_corpus
+from .pretrain import train_causal_lm
+
+
+def build_corpus(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """Standard-library sources split by file, and a byte-level BPE tokenizer trained on the train split."""
+    paths = write_corpus(out, config.corpus_bytes, config.heldout_fraction)
+    train_tokenizer(read_texts(paths["train"]), config.vocab_size, out / "tokenizer")
+
+
+def load_tokenizer(corpus: Path) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast.from_pretrained(corpus / "tokenizer")
+
+
+def train_blocks(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
+    return pack(read_texts(corpus / "train.jsonl"), load_tokenizer(corpus), config.block_size)
+
+
+def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int):
+    return tiny_qwen2(
+        seed=seed,
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        num_layers=shape.num_layers,
+        num_heads=shape.num_heads,
+        num_kv_heads=shape.num_kv_heads,
+        intermediate_size=shape.intermediate_size,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _pretrain(config: QuickstartConfig, out: Path, corpus: Path, shape: ModelShape, steps: int, seed: int) -> None:
+    tokenizer = load_tokenizer(corpus)
+    model = _causal_lm(config, shape, tokenizer, seed)
+    train_causal_lm(
+        model, train_blocks(config, corpus), out / "trainer", max_steps=steps, batch_size=config.batch_size,
+        lr=config.lr, seed=seed,
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def build_verifier(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """The verifier: a small Qwen2 causal LM pretrained on the train split."""
+    _pretrain(config, out, inputs["corpus"], config.verifier, config.verifier_steps, config.seed)
+
+
+def build_ar_drafter(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """A smaller causal LM on the same corpus, for the SpS / assisted-generation baselines."""
+    _pretrain(config, out, inputs["corpus"], config.ar_drafter, config.ar_drafter_steps, config.seed + 1)
+
+
+def load_causal_lm(folder: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(folder).eval()
+
+
+def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
+    """One prompt per held-out file: its first ``eval_prompt_tokens`` tokens (files too short are skipped)."""
+    tokenizer = load_tokenizer(corpus)
+    prompts = []
+    for text in read_texts(corpus / "heldout.jsonl"):
+        ids = tokenizer(text[: 20 * config.eval_prompt_tokens], add_special_tokens=False).input_ids
+        if len(ids) >= config.eval_prompt_tokens:
+            prompts.append(ids[: config.eval_prompt_tokens])
+        if len(prompts) == config.eval_prompts:
+            break
+    return prompts
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2))
+
+
+# ---------------------------------------------------------------------------- drafters, data, alignment
+
+TRAIN_RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu" / "train"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def corpus_examples(config: QuickstartConfig, corpus: Path) -> list[dict]:
+    """Corpus blocks as prompt/completion rows: one visible token, the rest is text to denoise."""
+    return [{"prompt_ids": b[:1], "completion_ids": b[1:]} for b in train_blocks(config, corpus)]
+
+
+def train_prompts(config: QuickstartConfig, corpus: Path) -> list[dict]:
+    """Prompts for the verifier's continuations: windows at seeded offsets of the train split's blocks."""
+    rng = torch.Generator().manual_seed(config.seed)
+    tokenizer = load_tokenizer(corpus)
+    stream: list[int] = []
+    for ids in tokenizer(read_texts(corpus / "train.jsonl"), add_special_tokens=False).input_ids:
+        stream.extend(ids + [tokenizer.eos_token_id])
+    starts = torch.randint(0, len(stream) - config.prompt_tokens, (config.data_prompts,), generator=rng)
+    return [{"id": f"p{i}", "prompt_ids": stream[s : s + config.prompt_tokens]} for i, s in enumerate(starts.tolist())]
+
+
+def run_training(recipe: Path, overrides: dict[str, object]) -> None:
+    """Run the drafter trainer on a recipe YAML with command-line style overrides (the CLI's own path)."""
+    from ..training.config import parse_config
+    from ..training.run import train_drafter
+
+    argv = ["--config", str(recipe)]
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value)]
+    train_drafter(*parse_config(argv))
+
+
+def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """The 'off-the-shelf' diffusion drafter: the verifier's lower layers made bidirectional (Dream-style
+    adaptation), then pretrained with the generic masked-diffusion objective on the corpus, not on the verifier."""
+    from ..models.adapt import adapt_ar_to_diffusion
+    from ..training.trainer import write_drafter_marker
+
+    tokenizer = load_tokenizer(inputs["corpus"])
+    verifier = load_causal_lm(inputs["verifier"])
+    drafter, mask_id = adapt_ar_to_diffusion(verifier, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id)
+    init = out / "init"
+    drafter.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    write_drafter_marker(init, mask_id, shifted=True)
+    write_jsonl(out / "corpus_examples.jsonl", corpus_examples(config, inputs["corpus"]))
+    run_training(
+        TRAIN_RECIPES / "config_pretrain.yaml",
+        {
+            "drafter_name_or_path": init,
+            "dataset_path": out / "corpus_examples.jsonl",
+            "output_dir": out / "model",
+            "max_steps": config.drafter_steps,
+            "per_device_train_batch_size": config.batch_size,
+            "seed": config.seed,
+        },
+    )
+
+
+def build_data(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """Greedy verifier continuations of training prompts (the alignment data) and held-out eval prompts."""
+    from ..training.data import DataGenerationConfig, generate_dataset
+
+    write_jsonl(out / "prompts.jsonl", train_prompts(config, inputs["corpus"]))
+    heldout = heldout_prompts(config, inputs["corpus"])
+    write_jsonl(out / "heldout_prompts.jsonl", [{"prompt_ids": p} for p in heldout])
+    generate_dataset(
+        DataGenerationConfig(
+            verifier=str(inputs["verifier"]),
+            out=str(out / "dataset"),
+            prompt_token_ids=str(out / "prompts.jsonl"),
+            max_new_tokens=config.completion_tokens,
+            seed=config.seed,
+            cpu=True,
+        )
+    )
+
+
+def build_drafter_aligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """Align the unaligned drafter to the verifier with the tiny-cpu training recipe."""
+    run_training(
+        TRAIN_RECIPES / "config_aligned.yaml",
+        {
+            "drafter_name_or_path": inputs["drafter_unaligned"] / "model",
+            "verifier_name_or_path": inputs["verifier"],
+            "dataset_path": inputs["data"] / "dataset",
+            "eval_prompts_path": inputs["data"] / "heldout_prompts.jsonl",
+            "output_dir": out / "model",
+            "max_steps": config.align_steps,
+            "per_device_train_batch_size": config.batch_size,
+            "max_prompt_length": config.prompt_tokens,
+            "max_completion_length": config.completion_tokens,
+            "seed": config.seed,
+        },
+    )
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+ADL_TINY = {"k_min": 4, "k_max": 12, "delta": 4}  # the paper's 20..30 overshoots what a tiny drafter gets right
+
+
+def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """CPS's causal proxy: a token-id trigram fitted on the train split and the verifier's continuations."""
+    from datasets import load_from_disk
+
+    from ..decoding.proxy import NGramProxy
+
+    data = load_from_disk(str(inputs["data"] / "dataset"))
+    streams = train_blocks(config, inputs["corpus"]) + [p + c for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True)]
+    NGramProxy.fit(streams, vocab_size=len(load_tokenizer(inputs["corpus"])), order=3).save(out / "proxy.json")
+
+
+def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict]:
+    proxy = str(inputs["proxy"] / "proxy.json")
+    window = config.draft_window
+
+    def dlm(name: str, stage: str, cps: bool, adl: bool) -> dict:
+        return {
+            "kind": "diffusion", "name": name, "drafter": str(inputs[stage] / "model"), "context_window": window,
+            "cps": {"m_max": 8} if cps else None, "proxy": proxy if cps else None,
+            "adl": dict(ADL_TINY) if adl else None, "draft_length": 8,
+        }
+
+    return [
+        {"kind": "ar"},
+        {"kind": "hf_generate"},
+        {"kind": "pld"},
+        {"kind": "hf_pld"},
+        {"kind": "hf_assisted"},
+        dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl=True),
+        dlm("dlm_aligned", "drafter_aligned", cps=True, adl=True),
+        dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl=False),
+    ]
+
+
+def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
+    """All methods in one interleaved run on held-out prompts: results.json, results.md and plots."""
+    from ..evaluation import EvalConfig, evaluate
+
+    tokenizer = load_tokenizer(inputs["corpus"])
+    prompts = [json.loads(line)["prompt_ids"] for line in (inputs["data"] / "heldout_prompts.jsonl").open()]
+    write_jsonl(out / "prompts.jsonl", [{"prompt": tokenizer.decode(p), "task": "stdlib"} for p in prompts])
+    eval_config = EvalConfig(
+        verifier=str(inputs["verifier"]),
+        ar_drafter=str(inputs["ar_drafter"]),
+        dtype="float32",
+        device="cpu",
+        benchmark="jsonl",
+        benchmark_path=str(out / "prompts.jsonl"),
+        chat_template=False,
+        max_prompt_tokens=config.eval_prompt_tokens,
+        max_new_tokens=config.max_new_tokens,
+        methods=eval_methods(config, inputs),
+        repeats=config.repeats,
+        warmup=1,
+        output_dir=str(out),
+        threads=config.threads,
+    )
+    if evaluate(eval_config) != 0:
+        raise RuntimeError(f"the evaluation failed (a lossless mismatch or a failed call); see {out / 'results.md'}")

@@ -1,0 +1,94 @@
+"""Random-weight tiny models and a tokenizer, saved as folders, for running the evaluation recipes on a CPU.
+
+    python eval/tiny_models.py --out runs/tiny-random --questions /work/shared/data/spec_bench/question.jsonl
+
+Writes ``verifier/`` (a Qwen2 causal LM), ``ar_drafter/`` (a copy of the verifier: it always agrees, so SpS and
+assisted generation accept every token), ``dlm/`` (a bidirectional Qwen2 with a diffuspec marker: a diffusion
+drafter), ``proxy.json`` (a trigram proxy) and ``prompts.jsonl``. All share one byte-level BPE tokenizer trained
+on the Spec-Bench questions, with a minimal chat template. The weights are random: use these folders for timing
+and losslessness, not for acceptance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffuspec.decoding.proxy import NGramProxy
+from diffuspec.models.tiny import tiny_qwen2
+
+SPECIALS = ["<|endoftext|>", "<|pad|>", "<|mask|>", "<|user|>", "<|assistant|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def make_tokenizer(texts: list[str], vocab_size: int):
+    """Byte-level BPE (any text encodes) with EOS/PAD/MASK and chat-role specials, in the transformers format."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>", mask_token="<|mask|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def write_models(
+    out: Path, texts: list[str], vocab_size: int, hidden_size: int, num_layers: int, drafter_layers: int, **shape
+) -> dict[str, Path]:
+    """Save the folders described in the module docstring; ``shape`` goes to tiny_qwen2 (e.g. init_std)."""
+    tokenizer = make_tokenizer(texts, vocab_size)
+    common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, eos_token_id=tokenizer.eos_token_id, **shape)
+    paths = {name: out / name for name in ("verifier", "ar_drafter", "dlm")}
+    tiny_qwen2(seed=0, num_layers=num_layers, **common).save_pretrained(paths["verifier"])
+    tiny_qwen2(seed=0, num_layers=num_layers, **common).save_pretrained(paths["ar_drafter"])
+    tiny_qwen2(seed=1, num_layers=drafter_layers, causal=False, **common).save_pretrained(paths["dlm"])
+    marker = {"mask_token_id": tokenizer.convert_tokens_to_ids("<|mask|>"), "shifted": True}
+    (paths["dlm"] / "diffuspec_config.json").write_text(json.dumps(marker))
+    for path in paths.values():
+        tokenizer.save_pretrained(path)
+    paths["proxy"] = out / "proxy.json"
+    NGramProxy.fit([tokenizer(t).input_ids for t in texts], vocab_size=len(tokenizer), order=3).save(paths["proxy"])
+    paths["prompts"] = out / "prompts.jsonl"
+    paths["prompts"].write_text(
+        "".join(json.dumps({"prompt": t, "task": "spec_bench_sample"}) + "\n" for t in texts[:8])
+    )
+    return paths
+
+
+def main(args: argparse.Namespace) -> None:
+    rows = [json.loads(line) for line in Path(args.questions).read_text().splitlines() if line.strip()]
+    texts = [turn for row in rows for turn in row["turns"]]
+    paths = write_models(Path(args.out), texts, args.vocab_size, args.hidden_size, args.num_layers, args.drafter_layers)
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/tiny-random")
+    parser.add_argument("--questions", required=True, help="Spec-Bench question.jsonl: the tokenizer's training text.")
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--hidden-size", type=int, default=256)
+    parser.add_argument("--num-layers", type=int, default=4)
+    parser.add_argument("--drafter-layers", type=int, default=1)
+    return parser
+
+
+if __name__ == "__main__":
+    parser = build_parser()
+    args = parser.parse_args()
+    main(args)

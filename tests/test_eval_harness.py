@@ -1,0 +1,326 @@
+"""End-to-end runs of the evaluation harness on tiny random models saved to folders (save_pretrained)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from diffuspec.evaluation import (
+    EvalConfig,
+    MethodSpec,
+    build_prompts,
+    build_runner,
+    evaluate,
+    measure,
+    questions_from_token_ids,
+    report_run,
+)
+from diffuspec.evaluation.methods import HFRunner, check_drafter_compatible
+from diffuspec.evaluation.report import CARD_BEGIN, CARD_END, PLOTS
+from diffuspec.models.tiny import tiny_qwen2
+
+SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
+TEXTS = [
+    "Write a short story about a robot who learns to paint. The robot paints the sea, the sea paints the robot.",
+    "Translate the following sentence into French: the cat sat on the mat, and the mat sat on the floor.",
+    "Summarize the article: prices rose, prices fell, and then prices rose again in the market today.",
+]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "eval" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tiny_models = load_script("tiny_models")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and on a busy 2-core machine two threads stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """eval/tiny_models.py's folders at test size: verifier, AR drafter (the verifier's own weights, so it always
+    agrees), diffusion drafter, proxy; plus a JSONL of prompts in three tasks."""
+    root = tmp_path_factory.mktemp("eval_models")
+    texts = TEXTS + [json.loads(line)["turns"][0] for line in SPEC_BENCH.read_text().splitlines()[::40]]
+    paths = tiny_models.write_models(
+        root, texts, vocab_size=320, hidden_size=64, num_layers=2, drafter_layers=1, init_std=0.3
+    )
+    rows = [{"prompt": TEXTS[0], "task": "story"}, {"text": TEXTS[1], "task": "translate"}, {"prompt": TEXTS[2]}]
+    paths["prompts"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths["tokenizer"] = AutoTokenizer.from_pretrained(paths["verifier"])
+    return paths
+
+
+def all_methods(folders) -> list[dict]:
+    return [
+        {"kind": "ar"},
+        {"kind": "hf_generate"},
+        {"kind": "pld", "draft_length": 4},
+        {"kind": "hf_pld", "draft_length": 4},
+        {"kind": "sps", "draft_length": 3},
+        {"kind": "hf_assisted", "draft_length": 3, "confidence_threshold": 0.0},
+        {
+            "kind": "diffusion",
+            "name": "dlm_cps_adl",
+            "drafter": str(folders["dlm"]),
+            "cps": {"beam": 2},
+            "adl": {"k_min": 2, "k_max": 4, "delta": 1},
+            "proxy": str(folders["proxy"]),
+        },
+        {
+            "kind": "diffusion",
+            "name": "dlm_raw_k3",
+            "drafter": str(folders["dlm"]),
+            "cps": None,
+            "adl": None,
+            "draft_length": 3,
+        },
+    ]
+
+
+def tiny_config(folders, tmp_path, **overrides) -> EvalConfig:
+    values = dict(
+        verifier=str(folders["verifier"]),
+        ar_drafter=str(folders["ar_drafter"]),
+        dtype="float64",  # block and one-token passes agree far beyond argmax ties
+        benchmark="jsonl",
+        benchmark_path=str(folders["prompts"]),
+        chat_template=False,
+        max_new_tokens=12,
+        repeats=3,
+        warmup=1,
+        output_dir=str(tmp_path / "out"),
+        methods=all_methods(folders),
+        progress=False,
+        threads=1,
+    )
+    values.update(overrides)
+    return EvalConfig(**values)
+
+
+def check_schema(results: dict, methods: list[str]) -> None:
+    for key in ("methods", "baseline", "repeats", "max_new_tokens", "device", "env", "tasks", "lossless"):
+        assert key in results, key
+    assert results["baseline"] == "ar" and results["repeats"] == 3
+    assert results["env"]["torch_num_threads"] == 1  # the run's setting, recorded
+    assert set(results["methods"]) == set(methods)
+    for name, m in results["methods"].items():
+        for key in ("tau", "tokens_per_s", "speedup", "speedup_min", "speedup_max", "lossless", "per_task"):
+            assert key in m, (name, key)
+        assert m["speedup_min"] <= m["speedup"] <= m["speedup_max"]
+        assert m["tokens_per_s"] > 0
+        for task, entry in m["per_task"].items():
+            assert task in results["tasks"] and {"tau", "speedup"} <= set(entry)
+        assert m["failures"] == 0
+
+
+def test_tiny_jsonl_run(folders, tmp_path):
+    config = tiny_config(folders, tmp_path)
+    threads = torch.get_num_threads()
+    assert evaluate(config) == 0
+    assert torch.get_num_threads() == threads  # the run's thread setting does not leak
+    out = tmp_path / "out"
+    for name in ("results.json", "results.md", "records.jsonl", *PLOTS):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    names = [m.name for m in config.methods]
+    check_schema(results, names)
+    assert results["tasks"] == {"story": 1, "translate": 1, "default": 1}
+    assert results["lossless"] is True
+    methods = results["methods"]
+    assert all(m["lossless"] is True for m in methods.values())
+    ar = methods["ar"]
+    assert ar["speedup"] == ar["speedup_min"] == ar["speedup_max"] == 1.0  # ar over itself, by construction
+    assert ar["tau"] == 1.0 and methods["hf_generate"]["tau"] == 1.0
+    # The AR drafter has the verifier's weights, so every drafted token is accepted: tau > 1 from both counters.
+    for name in ("sps", "hf_assisted"):
+        assert methods[name]["tau"] > 2.0, name
+        assert methods[name]["accepted_histogram"][-1] > 0
+    # The acceptance histogram sums to the rounds, and tau = (accepted + verifier token) per round.
+    for m in methods.values():
+        if m["tau"] is not None:
+            assert sum(m["accepted_histogram"]) == m["rounds"]
+            assert m["tau"] == pytest.approx(m["new_tokens"] / m["rounds"])
+    split = methods["dlm_cps_adl"]["time_split_s"]
+    assert split["draft"] > 0 and split["search"] > 0 and split["verify"] > 0
+    for m in methods.values():  # the bound leaves out only the method's own loop overhead, so it is never beaten
+        if m["cost_model"] is not None:
+            assert m["speedup_pooled"] <= m["cost_model"]["speedup_bound"] * (1 + 1e-9)
+    assert methods["hf_pld"]["time_split_s"] is None and methods["hf_pld"]["cost_model"] is None
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 3 * 3 * len(names)  # repeats x prompts x methods, warm-up excluded
+    assert "| Method |" in (out / "results.md").read_text()
+
+
+def test_spec_bench_multi_turn(folders, tmp_path):
+    methods = all_methods(folders)[:7]
+    config = tiny_config(
+        folders,
+        tmp_path,
+        benchmark="spec_bench",
+        benchmark_path=str(SPEC_BENCH),
+        prompts_per_task=1,
+        max_prompt_tokens=12,
+        chat_template=True,
+        turns="all",
+        max_new_tokens=8,
+        warmup=0,
+        methods=methods,
+        model_card=str(folders["dlm"]),
+    )
+    assert evaluate(config) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    check_schema(results, ["ar", "hf_generate", "pld", "hf_pld", "sps", "hf_assisted", "dlm_cps_adl"])
+    # One question per task; the MT-bench question has two turns, the others one.
+    assert results["tasks"] == {
+        "mt_bench": 2,
+        "translation": 1,
+        "summarization": 1,
+        "qa": 1,
+        "math_reasoning": 1,
+        "rag": 1,
+    }
+    assert all(m["lossless"] is True for m in results["methods"].values())
+    card = (folders["dlm"] / "README.md").read_text()
+    assert card.count(CARD_BEGIN) == 1 and card.count(CARD_END) == 1 and "dlm_cps_adl" in card
+
+
+def test_non_lossless_method_fails_the_run(folders, tmp_path, monkeypatch, capsys):
+    original = HFRunner.__call__
+
+    def corrupt(self, ids, *args, **kwargs):
+        out = original(self, ids, *args, **kwargs)
+        if self.name == "hf_generate":
+            out.tokens[2] = (out.tokens[2] + 1) % len(folders["tokenizer"])
+        return out
+
+    monkeypatch.setattr(HFRunner, "__call__", corrupt)
+    config = tiny_config(folders, tmp_path, methods=[{"kind": "hf_generate"}], warmup=0)
+    assert evaluate(config) == 1
+    err = capsys.readouterr().err
+    assert "method 'hf_generate' differs from 'ar' on prompt 0 (task story" in err
+    assert "at new-token position 2" in err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())  # written before failing
+    assert results["lossless"] is False and results["methods"]["hf_generate"]["lossless"] is False
+    assert {m["position"] for m in results["mismatches"]} == {2}
+
+
+def test_failing_prompt_is_recorded_and_the_run_goes_on(folders, tmp_path, monkeypatch):
+    original = HFRunner.__call__
+
+    def flaky(self, ids, *args, **kwargs):
+        if ids.numel() == len(folders["tokenizer"](TEXTS[1]).input_ids):
+            raise RuntimeError("simulated out of memory")
+        return original(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(HFRunner, "__call__", flaky)
+    config = tiny_config(folders, tmp_path, methods=[{"kind": "hf_generate"}, {"kind": "pld"}], warmup=0)
+    assert evaluate(config) == 1
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    hf = results["methods"]["hf_generate"]
+    assert hf["failures"] == 3 and hf["lossless"] is None  # one prompt x three repeats, not compared
+    assert hf["per_task"]["translate"]["speedup"] is None and hf["per_task"]["story"]["speedup"] is not None
+    assert results["methods"]["pld"]["lossless"] is True and results["methods"]["pld"]["failures"] == 0
+    assert all("simulated out of memory" in f["error"] for f in results["failures"])
+
+
+def test_tokenizer_mismatch_is_refused(folders, tmp_path):
+    bad = tmp_path / "bad_drafter"
+    tiny_qwen2(seed=0, vocab_size=len(folders["tokenizer"]), hidden_size=64, num_layers=1).save_pretrained(bad)
+    state = json.loads(folders["tokenizer"].backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    vocab["a"], vocab["b"] = vocab["b"], vocab["a"]  # same strings, two ids exchanged
+    swapped = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)), eos_token="<|endoftext|>")
+    swapped.save_pretrained(bad)
+    with pytest.raises(ValueError, match="disagree"):
+        check_drafter_compatible(str(folders["verifier"]), str(bad))
+    small = tmp_path / "small_vocab"
+    tiny_qwen2(seed=0, vocab_size=64, hidden_size=64, num_layers=1).save_pretrained(small)
+    with pytest.raises(ValueError, match="vocabulary rows"):
+        check_drafter_compatible(str(folders["verifier"]), str(small))
+
+
+def test_missing_benchmark_file_fails_before_models_load(tmp_path):
+    config = EvalConfig(
+        verifier=str(tmp_path / "no_model"), benchmark="jsonl", benchmark_path=str(tmp_path / "x.jsonl")
+    )
+    with pytest.raises(FileNotFoundError, match="x.jsonl"):
+        evaluate(config)
+
+
+def test_cli_eval_runs_a_recipe(folders, tmp_path):
+    from diffuspec.cli import main
+
+    recipe = tmp_path / "config_tiny.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "verifier": str(folders["verifier"]),
+                "dtype": "float64",
+                "benchmark": "jsonl",
+                "benchmark_path": str(folders["prompts"]),
+                "chat_template": False,
+                "max_new_tokens": 64,
+                "warmup": 0,
+                "methods": [{"kind": "pld", "draft_length": 3}],
+                "progress": False,
+            }
+        )
+    )
+    out = tmp_path / "cli_out"
+    assert main(["eval", "--config", str(recipe), "--max-new-tokens", "5", "--output-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["max_new_tokens"] == 5  # the flag beat the recipe
+    assert all(m["new_tokens"] <= 5 * 3 * 3 for m in results["methods"].values())
+
+
+def test_sampling_run_reports_lossless_as_not_checked(folders, tmp_path):
+    config = tiny_config(folders, tmp_path, temperature=0.8, methods=[{"kind": "hf_generate"}, {"kind": "pld"}])
+    assert evaluate(config) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["lossless"] is None and results["mismatches"] == []
+    assert all(m["lossless"] is None for m in results["methods"].values())
+
+
+def test_programmatic_hook_with_in_memory_models(tmp_path):
+    """The quickstart's route: (task, token ids) prompts and models already in memory, no folders."""
+    verifier = tiny_qwen2(seed=3, vocab_size=64, hidden_size=32, num_layers=2, init_std=0.3, dtype=torch.float64)
+    prompts = build_prompts(
+        questions_from_token_ids([("code", [5, 6, 7, 5, 6]), ("text", [1, 2, 3])]), None, chat_template=False
+    )
+    specs = [MethodSpec.from_dict(kind, "test", None) for kind in ("ar", "pld", "hf_generate")]
+    runners = [build_runner(spec, verifier, eos=(), pad_token_id=0) for spec in specs]
+    records = measure(prompts, runners, repeats=3, warmup=0, max_new_tokens=6, progress=False)
+    code = report_run(
+        records,
+        prompts,
+        runners,
+        repeats=3,
+        warmup=0,
+        max_new_tokens=6,
+        temperature=0.0,
+        verifier="in-memory",
+        benchmark={"kind": "token_ids", "turns": "first", "chat_template": False},
+        output_dir=tmp_path,
+    )
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["tasks"] == {"code": 1, "text": 1} and results["lossless"] is True
+    assert {m["new_tokens"] for m in results["methods"].values()} == {6 * 2 * 3}
