@@ -21,15 +21,30 @@ STAGES = [
     Stage("corpus", (), s.build_corpus, ("corpus_bytes", "heldout_fraction", "vocab_size")),
     Stage("verifier", ("corpus",), s.build_verifier, ("verifier", "verifier_steps", *SHAPE)),
     Stage("ar_drafter", ("corpus",), s.build_ar_drafter, ("ar_drafter", "ar_drafter_steps", *SHAPE)),
-    Stage("drafter_unaligned", ("corpus", "verifier"), s.build_drafter_unaligned, ("drafter_layers", "drafter_steps", *SHAPE)),
-    Stage("data", ("corpus", "verifier"), s.build_data, ("data_prompts", "prompt_tokens", "completion_tokens", "eval_prompts", "eval_prompt_tokens", "seed")),
+    Stage(
+        "drafter_unaligned",
+        ("corpus", "verifier"),
+        s.build_drafter_unaligned,
+        ("drafter_layers", "drafter_steps", *SHAPE),
+    ),
+    Stage(
+        "data",
+        ("corpus", "verifier"),
+        s.build_data,
+        ("data_prompts", "prompt_tokens", "completion_tokens", "eval_prompts", "eval_prompt_tokens", "seed"),
+    ),
     Stage("proxy", ("corpus", "data"), s.build_proxy, ("block_size",)),
-    Stage("drafter_aligned", ("verifier", "drafter_unaligned", "data"), s.build_drafter_aligned, ("align_steps", "prompt_tokens", "completion_tokens", "batch_size", "seed")),
+    Stage(
+        "drafter_aligned",
+        ("verifier", "drafter_unaligned", "data"),
+        s.build_drafter_aligned,
+        ("align_steps", "prompt_tokens", "completion_tokens", "batch_size", "seed"),
+    ),
     Stage(
         "eval",
         ("corpus", "verifier", "ar_drafter", "drafter_unaligned", "data", "proxy", "drafter_aligned"),
         s.build_eval,
-        ("eval_prompt_tokens", "max_new_tokens", "repeats", "draft_window", "threads"),
+        ("eval_prompt_tokens", "max_new_tokens", "repeats", "draft_window", "eval_threads"),
     ),
 ]
 

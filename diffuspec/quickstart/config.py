@@ -22,7 +22,10 @@ class ModelShape:
 @dataclass
 class QuickstartConfig:
     seed: int = 0
-    threads: int = field(default=2, metadata={"help": "torch threads for every stage (timings are per setting)."})
+    threads: int = field(default=2, metadata={"help": "torch threads for training and data generation."})
+    eval_threads: int = field(
+        default=1, metadata={"help": "torch threads while timing: tiny models gain nothing from a second thread."}
+    )
     corpus_bytes: int = field(default=3_000_000, metadata={"help": "Standard-library source bytes to use."})
     heldout_fraction: float = 0.1
     vocab_size: int = 2048

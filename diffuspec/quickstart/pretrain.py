@@ -43,7 +43,14 @@ def cpu_training_args(out_dir: Path, *, max_steps: int, batch_size: int, lr: flo
 
 
 def train_causal_lm(
-    model: PreTrainedModel, blocks: list[list[int]], out_dir: Path, *, max_steps: int, batch_size: int, lr: float, seed: int
+    model: PreTrainedModel,
+    blocks: list[list[int]],
+    out_dir: Path,
+    *,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
 ) -> PreTrainedModel:
     args = cpu_training_args(out_dir, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed)
     trainer = Trainer(model=model, args=args, train_dataset=BlockDataset(blocks), data_collator=default_data_collator)

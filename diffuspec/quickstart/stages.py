@@ -47,8 +47,13 @@ def _pretrain(config: QuickstartConfig, out: Path, corpus: Path, shape: ModelSha
     tokenizer = load_tokenizer(corpus)
     model = _causal_lm(config, shape, tokenizer, seed)
     train_causal_lm(
-        model, train_blocks(config, corpus), out / "trainer", max_steps=steps, batch_size=config.batch_size,
-        lr=config.lr, seed=seed,
+        model,
+        train_blocks(config, corpus),
+        out / "trainer",
+        max_steps=steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=seed,
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -113,14 +118,20 @@ def train_prompts(config: QuickstartConfig, corpus: Path) -> list[dict]:
 
 
 def run_training(recipe: Path, overrides: dict[str, object]) -> None:
-    """Run the drafter trainer on a recipe YAML with command-line style overrides (the CLI's own path)."""
-    from ..training.config import parse_config
-    from ..training.run import train_drafter
+    """Run train/train_drafter.py's ``main`` in-process on a recipe with command-line style overrides, so the
+    quickstart trains through exactly the entry point users launch with accelerate."""
+    import importlib.util
 
+    from ..training.config import parse_config
+
+    script = TRAIN_RECIPES.parents[2] / "train" / "train_drafter.py"
+    spec = importlib.util.spec_from_file_location("diffuspec_train_drafter", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     argv = ["--config", str(recipe)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
-    train_drafter(*parse_config(argv))
+    module.main(*parse_config(argv))
 
 
 def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
@@ -131,7 +142,9 @@ def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[st
 
     tokenizer = load_tokenizer(inputs["corpus"])
     verifier = load_causal_lm(inputs["verifier"])
-    drafter, mask_id = adapt_ar_to_diffusion(verifier, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id)
+    drafter, mask_id = adapt_ar_to_diffusion(
+        verifier, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id
+    )
     init = out / "init"
     drafter.save_pretrained(init)
     tokenizer.save_pretrained(init)
@@ -200,7 +213,9 @@ def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) ->
     from ..decoding.proxy import NGramProxy
 
     data = load_from_disk(str(inputs["data"] / "dataset"))
-    streams = train_blocks(config, inputs["corpus"]) + [p + c for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True)]
+    streams = train_blocks(config, inputs["corpus"]) + [
+        p + c for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True)
+    ]
     NGramProxy.fit(streams, vocab_size=len(load_tokenizer(inputs["corpus"])), order=3).save(out / "proxy.json")
 
 
@@ -210,9 +225,14 @@ def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict
 
     def dlm(name: str, stage: str, cps: bool, adl: bool) -> dict:
         return {
-            "kind": "diffusion", "name": name, "drafter": str(inputs[stage] / "model"), "context_window": window,
-            "cps": {"m_max": 8} if cps else None, "proxy": proxy if cps else None,
-            "adl": dict(ADL_TINY) if adl else None, "draft_length": 8,
+            "kind": "diffusion",
+            "name": name,
+            "drafter": str(inputs[stage] / "model"),
+            "context_window": window,
+            "cps": {"m_max": 8} if cps else None,
+            "proxy": proxy if cps else None,
+            "adl": dict(ADL_TINY) if adl else None,
+            "draft_length": 8,
         }
 
     return [
@@ -248,7 +268,7 @@ def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> 
         repeats=config.repeats,
         warmup=1,
         output_dir=str(out),
-        threads=config.threads,
+        threads=config.eval_threads,
     )
     if evaluate(eval_config) != 0:
         raise RuntimeError(f"the evaluation failed (a lossless mismatch or a failed call); see {out / 'results.md'}")

@@ -1,0 +1,126 @@
+"""Model setup for drafter training: load the drafter and verifier with their checks, LoRA, merged export."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..hub import resolve_local
+from ..models.loading import load_diffusion_model
+from ..models.tokenizers import check_tokenizers_compatible
+from ..models.weights import replace_folder_atomically
+from .config import DrafterTrainingConfig, ModelArguments
+from .trainer import write_drafter_marker
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_precision(model_args: ModelArguments, training_args: DrafterTrainingConfig) -> None:
+    """bf16 / fp16 (weights or mixed precision) only on a GPU: CPU half precision is slow and lossy."""
+    half = model_args.dtype in ("bfloat16", "float16") or training_args.bf16 or training_args.fp16
+    if half and not torch.cuda.is_available():
+        raise ValueError(
+            "bf16/fp16 needs a GPU and none is visible; on CPU use dtype: float32 with bf16: false and fp16: false"
+        )
+
+
+def load_drafter(model_args: ModelArguments, training_args: DrafterTrainingConfig) -> tuple[PreTrainedModel, int, bool]:
+    """The drafter with its mask id and shift convention, from the checkpoint; config values must agree."""
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    model, mask_token_id, shifted = load_diffusion_model(
+        model_args.drafter_name_or_path, dtype=DTYPES[model_args.dtype], **kwargs
+    )
+    for name, stored in (("mask_token_id", mask_token_id), ("shifted", shifted)):
+        wanted = getattr(training_args, name)
+        if wanted is not None and wanted != stored:
+            raise ValueError(
+                f"{name}: the config says {wanted} but the checkpoint {model_args.drafter_name_or_path} says "
+                f"{stored}; a wrong value silently ruins acceptance, so remove it from the config"
+            )
+    vocab = model.config.get_text_config().vocab_size
+    if not 0 <= mask_token_id < vocab:
+        raise ValueError(f"the drafter's mask token id {mask_token_id} is outside its vocabulary [0, {vocab})")
+    return model, mask_token_id, shifted
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The folder's tokenizer, or None when it ships none (then nothing is saved next to the weights)."""
+    folder = Path(resolve_local(path))
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        logger.info("%s has no tokenizer files; checkpoints will hold weights only", folder)
+        return None
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def check_drafter_tokenizer(tokenizer, mask_token_id: int) -> None:
+    """A tokenizer that names a mask token must name the checkpoint's one."""
+    if tokenizer is None or tokenizer.mask_token_id is None:
+        return
+    if tokenizer.mask_token_id != mask_token_id:
+        raise ValueError(
+            f"the drafter tokenizer's mask token {tokenizer.mask_token!r} has id {tokenizer.mask_token_id}, but the "
+            f"checkpoint's mask_token_id is {mask_token_id}"
+        )
+
+
+def load_verifier(model_args: ModelArguments, drafter: PreTrainedModel, drafter_tokenizer=None) -> PreTrainedModel:
+    """The frozen verifier; its vocabulary (and tokenizer, when both have one) must match the drafter's."""
+    if model_args.verifier_name_or_path is None:
+        raise ValueError(
+            "verifier_name_or_path is needed: acceptance evaluation is on or the data has no teacher top-k"
+        )
+    verifier = AutoModelForCausalLM.from_pretrained(
+        resolve_local(model_args.verifier_name_or_path), dtype=DTYPES[model_args.dtype] or "auto"
+    )
+    verifier_vocab = verifier.config.get_text_config().vocab_size
+    drafter_vocab = drafter.config.get_text_config().vocab_size
+    if verifier_vocab != drafter_vocab:
+        raise ValueError(
+            f"drafter vocabulary ({drafter_vocab}) differs from the verifier's ({verifier_vocab}); they must share "
+            "one tokenizer and embedding size"
+        )
+    verifier_tokenizer = load_tokenizer(model_args.verifier_name_or_path)
+    if drafter_tokenizer is not None and verifier_tokenizer is not None:
+        check_tokenizers_compatible(drafter_tokenizer, verifier_tokenizer)
+    return verifier.eval().requires_grad_(False)
+
+
+def apply_lora(model: PreTrainedModel, model_args: ModelArguments, activation_checkpointing: bool) -> PreTrainedModel:
+    """Wrap ``model`` with peft LoRA adapters (target modules: suffix list, one regex, or all-linear)."""
+    from peft import LoraConfig, get_peft_model
+
+    if activation_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        modules_to_save=model_args.lora_modules_to_save,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA: %d of %d parameters trainable (%.3f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
+def save_merged(peft_model, out_dir: str | os.PathLike, mask_token_id: int, shifted: bool, tokenizer=None) -> Path:
+    """Merge the adapters into the base weights (``merge_and_unload``) and save a loadable drafter, atomically."""
+    merged = peft_model.merge_and_unload()
+
+    def fill(folder: Path) -> None:
+        merged.save_pretrained(folder)
+        write_drafter_marker(folder, mask_token_id, shifted)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+
+    replace_folder_atomically(fill, Path(out_dir), overwrite=True)
+    return Path(out_dir)

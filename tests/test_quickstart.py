@@ -1,0 +1,39 @@
+"""The quickstart's --fast preset end to end (the CI smoke run of the whole pipeline)."""
+
+import json
+
+import pytest
+
+from diffuspec.quickstart import STAGES, run_quickstart
+from diffuspec.quickstart.config import QuickstartConfig, load_preset
+from diffuspec.quickstart.pipeline import run_stages
+
+METHODS = {"ar", "hf_generate", "pld", "hf_pld", "hf_assisted", "dlm_unaligned", "dlm_aligned", "dlm_aligned_plain"}
+
+
+def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
+    run_dir = run_quickstart("fast", tmp_path / "run")
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["methods"]) == METHODS
+    assert results["baseline"] == "ar" and results["repeats"] == 3
+    assert all(m["lossless"] for m in results["methods"].values())
+    for name in ("results.md",):
+        assert (run_dir / "eval" / name).exists()
+    assert list((run_dir / "eval").glob("*.png"))
+    capsys.readouterr()
+
+    run_quickstart("fast", run_dir)  # a rerun skips every finished stage
+    log = capsys.readouterr().out
+    assert all(f"[{s.name}] cached" in log for s in STAGES)
+
+
+def test_a_stage_alone_needs_its_inputs(tmp_path):
+    with pytest.raises(RuntimeError, match="needs stage 'corpus'"):
+        run_stages(STAGES, load_preset("fast"), tmp_path, only="verifier")
+
+
+def test_unknown_preset_key_and_stage_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown quickstart setting\(s\) \['verifer_steps'\]"):
+        load_preset("fast", verifer_steps=3)
+    with pytest.raises(ValueError, match="unknown quickstart stage 'verify'"):
+        run_stages(STAGES, QuickstartConfig(), tmp_path, only="verify")
