@@ -71,3 +71,15 @@ def test_drafter_context_is_checked(verifier):
     decoder = SpeculativeDecoder(verifier, DiffusionDrafter(short, 0), DecodeConfig(adl=ADLConfig(k_min=5, k_max=10)))
     with pytest.raises(ValueError, match="drafter's context of 64"):
         decoder.generate(torch.tensor([1, 2, 3]), max_new_tokens=60)
+
+
+def test_from_pretrained_offline_fails_at_once(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="Hub is unreachable"):
+        SpeculativeDecoder.from_pretrained(
+            verifier="Qwen/Qwen2.5-7B-Instruct", drafter="Dream-org/Dream-v0-Instruct-7B"
+        )
+    assert time.perf_counter() - start < 10
