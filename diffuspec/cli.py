@@ -9,16 +9,9 @@ import sys
 import torch
 
 from .config import ADLConfig, CPSConfig, DecodeConfig
+from .decoding.proxy import load_proxy
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _load_proxy(path: str | None):
-    if path is None:
-        return None
-    from .decoding.proxy import KenLMProxy, NGramProxy
-
-    return KenLMProxy(path) if path.endswith((".arpa", ".bin", ".klm")) else NGramProxy.load(path)
 
 
 def add_decode_flags(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +33,13 @@ def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
     cps = (
         None
         if args.no_cps
-        else CPSConfig(m_max=args.m_max, mass=args.mass, beam=args.beam, lam=args.lam, proxy=_load_proxy(args.proxy))
+        else CPSConfig(
+            m_max=args.m_max,
+            mass=args.mass,
+            beam=args.beam,
+            lam=args.lam,
+            proxy=load_proxy(args.proxy) if args.proxy else None,
+        )
     )
     adl = None if args.no_adl else ADLConfig(k_min=args.k_min, k_max=args.k_max)
     return DecodeConfig(cps=cps, adl=adl, draft_length=args.draft_length)

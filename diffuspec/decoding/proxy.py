@@ -271,3 +271,11 @@ def _atomic_write(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def load_proxy(path: str | os.PathLike) -> CausalProxy:
+    """A diffuspec n-gram ``.json`` or a KenLM ``.arpa`` / ``.bin`` / ``.klm`` file, by its extension."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"proxy file {path} does not exist")
+    return KenLMProxy(path) if path.endswith((".arpa", ".bin", ".klm")) else NGramProxy.load(path)

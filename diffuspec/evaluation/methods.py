@@ -23,6 +23,7 @@ from transformers import GenerationConfig, PreTrainedModel
 
 from ..config import DecodeConfig
 from ..decoding.loop import SpeculativeDecoder
+from ..decoding.proxy import load_proxy
 from ..drafters.autoregressive import AutoregressiveDrafter
 from ..drafters.diffusion import DiffusionDrafter
 from ..drafters.prompt_lookup import PromptLookupDrafter
@@ -227,14 +228,6 @@ def check_drafter_compatible(verifier: str, drafter: str) -> None:
         check_tokenizers_compatible(
             AutoTokenizer.from_pretrained(drafter_dir), AutoTokenizer.from_pretrained(verifier_dir)
         )
-
-
-def load_proxy(path: str) -> Any:
-    from ..decoding.proxy import KenLMProxy, NGramProxy
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"proxy file {path} does not exist")
-    return KenLMProxy(path) if path.endswith((".arpa", ".bin", ".klm")) else NGramProxy.load(path)
 
 
 def check_inputs(config: EvalConfig) -> None:

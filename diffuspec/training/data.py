@@ -43,6 +43,7 @@ from typing import Any, Literal
 import datasets
 import torch
 
+from .. import jsonl
 from ..hub import resolve_local
 
 logger = logging.getLogger(__name__)
@@ -161,21 +162,8 @@ class PromptSpec:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line number, record)`` for every non-blank line; a bad line is an error that names it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist (or is not a file)")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from error
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record
+    """``(line number, record)`` for every non-blank line of a prompts file."""
+    return jsonl.read_jsonl(path, "prompts file")
 
 
 def _messages(value: Any, where: str, sharegpt: bool = False) -> list[dict[str, str]]:
