@@ -37,3 +37,12 @@ def test_unknown_preset_key_and_stage_are_refused(tmp_path):
         load_preset("fast", verifer_steps=3)
     with pytest.raises(ValueError, match="unknown quickstart stage 'verify'"):
         run_stages(STAGES, QuickstartConfig(), tmp_path, only="verify")
+
+
+def test_quickstart_restores_the_thread_setting(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        run_quickstart("fast", tmp_path, only="verifier")  # fails fast: corpus not built
+    assert torch.get_num_threads() == before

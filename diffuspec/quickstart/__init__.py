@@ -55,9 +55,13 @@ def run_quickstart(
     """Build every stage (cached), print the results table and return the run folder."""
     config: QuickstartConfig = load_preset(preset)
     run_dir = Path(run_dir)
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
-    folders = run_stages(STAGES, config, run_dir, force=force, only=only)
+    try:
+        folders = run_stages(STAGES, config, run_dir, force=force, only=only)
+    finally:
+        torch.set_num_threads(previous_threads)  # callers (and test sessions) keep their own setting
     results = folders["eval"] / "results.md"
     if results.exists() and only in (None, "eval"):
         print(results.read_text())
