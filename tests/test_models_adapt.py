@@ -47,9 +47,7 @@ def test_adapted_copy_is_bidirectional_truncated_and_has_a_mask_row(source):
     assert all(torch.equal(source.state_dict()[k], v) for k, v in before.items())
     assert source.config.num_hidden_layers == 3 and source.config.vocab_size == VOCAB
     assert getattr(source.config, "is_causal", True) is True and not first_row_moves(source)
-    assert (
-        drafter.model.layers[0].self_attn.q_proj.weight is not source.model.layers[0].self_attn.q_proj.weight
-    )
+    assert drafter.model.layers[0].self_attn.q_proj.weight is not source.model.layers[0].self_attn.q_proj.weight
 
 
 def test_mask_token_inside_vocabulary_is_reused(source):

@@ -339,9 +339,7 @@ def test_llada_checkpoint_matches_reference(tmp_path, tied, kv_heads):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)  # HF RoPE angles are float32
 
 
-@pytest.mark.parametrize(
-    "field, value", [("include_bias", True), ("block_type", "sequential"), ("scale_logits", True)]
-)
+@pytest.mark.parametrize("field, value", [("include_bias", True), ("block_type", "sequential"), ("scale_logits", True)])
 def test_llada_refuses_other_olmo_variants(tmp_path, field, value):
     (tmp_path / "config.json").write_text(json.dumps(llada_config(**{field: value})))
     with pytest.raises(ValueError, match=field):
@@ -357,15 +355,11 @@ def small_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<unk>": 0, "<eos>": 1, "hello": 2}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")), eos_token="<eos>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel(vocab, unk_token="<unk>")), eos_token="<eos>")
 
 
 def test_dream_format_round_trip(tmp_path):
-    source = tiny_qwen2(
-        seed=3, vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=2, causal=False, init_std=0.2
-    )
+    source = tiny_qwen2(seed=3, vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=2, causal=False, init_std=0.2)
     source = source.to(torch.float64)
     out = tmp_path / "drafter"
     save_dream_format(source, small_tokenizer(), out, mask_token_id=VOCAB - 1, max_shard_size=40_000)
@@ -417,9 +411,7 @@ def test_save_dream_format_refuses_causal_and_existing(tmp_path):
 
 
 def test_native_folder(tmp_path):
-    source = tiny_qwen2(
-        seed=4, vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=1, causal=False, init_std=0.2
-    )
+    source = tiny_qwen2(seed=4, vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=1, causal=False, init_std=0.2)
     source.save_pretrained(tmp_path)
     (tmp_path / "diffuspec_config.json").write_text(json.dumps({"mask_token_id": 9, "shifted": False}))
     model, mask_token_id, shifted = load_diffusion_model(tmp_path)

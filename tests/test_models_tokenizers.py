@@ -20,9 +20,7 @@ def make_tokenizer(vocab: dict[str, int], **special: str) -> PreTrainedTokenizer
 
 
 def test_same_vocabulary_is_compatible():
-    check_tokenizers_compatible(
-        make_tokenizer(BASE, eos_token="<eos>"), make_tokenizer(BASE, eos_token="<eos>")
-    )
+    check_tokenizers_compatible(make_tokenizer(BASE, eos_token="<eos>"), make_tokenizer(BASE, eos_token="<eos>"))
 
 
 def test_ids_present_on_one_side_only_are_allowed():

@@ -128,6 +128,32 @@ def test_padded_training_rows_reproduce_inference_slot_distributions():
         torch.testing.assert_close(slot_lp[r, :k], expected.double(), rtol=1e-6, atol=1e-6)  # inference is float32
 
 
+def test_context_window_cuts_block_prefixes_as_the_windowed_drafter_does():
+    """With context_window W a block row is (committed prefix)[-W:] + k masks: what DiffusionDrafter(context_window=W)
+    feeds its model, so the slot distributions match the inference drafter's on that window."""
+    model = tiny_qwen2(seed=4, vocab_size=V, hidden_size=32, num_layers=1, causal=False, dtype=torch.float64)
+    window = 5
+    drafter = DiffusionDrafter(model, mask_token_id=MASK, shifted=True, context_window=window)
+    examples = make_examples(3)
+    batch = collator(diffusion_rows=False, context_window=window)(examples)
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=batch["logits_to_keep"],
+    ).logits
+    slot_lp = drafter_logprobs(gather_slot_logits(logits, batch["block_index"], True), MASK)
+    for r in range(batch["block_labels"].shape[0]):
+        ids, _ = unpad(batch, r)
+        k = int((torch.tensor(ids) == MASK).sum())
+        example = examples[r // 2]
+        committed = example["prompt_ids"] + example["completion_ids"]
+        ends = range(len(example["prompt_ids"]), len(committed))
+        assert any(committed[:end][-window:] == ids[:-k] for end in ends)
+        expected = drafter._slot_logprobs(torch.tensor(ids), len(ids) - k, k)
+        torch.testing.assert_close(slot_lp[r, :k], expected.double(), rtol=1e-6, atol=1e-6)
+
+
 def test_online_teacher_reads_the_verifier_distribution_of_each_slot():
     verifier = tiny_qwen2(seed=5, vocab_size=V, hidden_size=32, num_layers=1, dtype=torch.float64)
     examples = make_examples(3)

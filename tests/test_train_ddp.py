@@ -7,7 +7,6 @@ directly; accelerate picks up its environment. The DeepSpeed tests are slow and 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,12 +44,6 @@ with open(os.path.join({out!r}, f"rank{{rank}}.json"), "w") as f:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
@@ -73,7 +66,7 @@ def run_two_processes(root: Path, name: str, *extra: str, env: dict | None = Non
     out.mkdir()
     (out / "worker.py").write_text(WORKER.format(train_dir=str(ROOT / "train"), out=str(out)))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(out / "worker.py"),
         "--drafter_name_or_path", str(root / "drafter"), "--dataset_path", str(root / "train.jsonl"),
         "--output_dir", str(out / "run"), "--max_steps", "3", "--per_device_train_batch_size", "2",

@@ -1,6 +1,6 @@
 """Which objective aligns a drafter best? A tiny CPU ablation, end to end.
 
-    python train/ablation_tiny.py --out runs/ablation_tiny            # ~2 h on 2 shared CPU cores
+    python train/ablation_tiny.py --out runs/ablation_tiny            # ~70 min on 2 shared CPU cores
     python train/ablation_tiny.py --out runs/ablation_smoke --fast    # a few minutes: checks the plumbing
 
 Stages (each cached under --out, so a rerun only redoes what is missing):

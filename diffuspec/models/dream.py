@@ -33,9 +33,7 @@ _DEFAULT_ROPE_THETA = 10_000.0  # DreamConfig's default
 def qwen2_config_from_dream(dream: dict[str, Any]) -> Qwen2Config:
     """Translate Dream ``config.json`` fields into a bidirectional ``Qwen2Config``."""
     if dream.get("mlp_bias"):
-        raise ValueError(
-            "Dream config has mlp_bias=true; Dream/Qwen2 MLPs have no bias, so this is not Dream"
-        )
+        raise ValueError("Dream config has mlp_bias=true; Dream/Qwen2 MLPs have no bias, so this is not Dream")
     hidden, heads = dream["hidden_size"], dream["num_attention_heads"]
     if dream.get("head_dim") not in (None, hidden // heads):
         raise ValueError(f"Dream head_dim must be hidden_size // num_attention_heads = {hidden // heads}")
@@ -80,9 +78,7 @@ def load_dream(
     config = qwen2_config_from_dream(dream)
     mask_token_id = int(dream.get("mask_token_id", DREAM_MASK_TOKEN_ID))
     if not 0 <= mask_token_id < config.vocab_size:
-        raise ValueError(
-            f"Dream mask_token_id {mask_token_id} is outside the vocabulary [0, {config.vocab_size})"
-        )
+        raise ValueError(f"Dream mask_token_id {mask_token_id} is outside the vocabulary [0, {config.vocab_size})")
     state = read_checkpoint(folder, device=device, dtype=dtype)
     if dream.get("attention_bias") is False:
         _add_zero_qkv_biases(state, config.num_hidden_layers)
@@ -102,17 +98,13 @@ def _add_zero_qkv_biases(state: dict[str, torch.Tensor], num_layers: int) -> Non
             prefix = f"model.layers.{layer}.self_attn.{proj}"
             weight = state.get(f"{prefix}.weight")
             if weight is not None and f"{prefix}.bias" not in state:
-                state[f"{prefix}.bias"] = torch.zeros(
-                    weight.shape[0], dtype=weight.dtype, device=weight.device
-                )
+                state[f"{prefix}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
 
 
 # ---------------------------------------------------------------- saving
 
 
-def dream_config_from_model(
-    config: transformers.PreTrainedConfig, mask_token_id: int, dtype: torch.dtype
-) -> dict:
+def dream_config_from_model(config: transformers.PreTrainedConfig, mask_token_id: int, dtype: torch.dtype) -> dict:
     """The Dream ``config.json`` for a bidirectional Qwen2 or Llama drafter, with Dream's field names."""
     rope = dict(config.rope_parameters or {})
     rope_theta = float(rope.pop("rope_theta", _DEFAULT_ROPE_THETA))
@@ -159,9 +151,7 @@ def _check_dream_compatible(model: PreTrainedModel) -> None:
         if config.attention_bias or config.mlp_bias:
             raise ValueError("Llama models with attention_bias or mlp_bias have no Dream equivalent")
         if config.head_dim != config.hidden_size // config.num_attention_heads:
-            raise ValueError(
-                "Dream derives head_dim = hidden_size // num_attention_heads; this model differs"
-            )
+            raise ValueError("Dream derives head_dim = hidden_size // num_attention_heads; this model differs")
 
 
 def save_dream_format(
@@ -182,9 +172,7 @@ def save_dream_format(
     """
     _check_dream_compatible(model)
     if not 0 <= mask_token_id < model.config.vocab_size:
-        raise ValueError(
-            f"mask_token_id {mask_token_id} is outside the vocabulary [0, {model.config.vocab_size})"
-        )
+        raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary [0, {model.config.vocab_size})")
     state = dict(model.state_dict())
     if model.config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # safetensors refuses shared storage; the loader re-ties

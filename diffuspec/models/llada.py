@@ -79,9 +79,7 @@ def llama_config_from_llada(llada: dict[str, Any]) -> LlamaConfig:
     """Translate LLaDA ``config.json`` into a bidirectional ``LlamaConfig``, refusing other variants."""
     for field in ("d_model", "n_layers", "n_heads", "vocab_size", "rope_theta", "weight_tying", *_REQUIRED):
         if field not in llada:
-            raise ValueError(
-                f"LLaDA config.json lacks {field!r}; it changes the architecture, so we do not guess"
-            )
+            raise ValueError(f"LLaDA config.json lacks {field!r}; it changes the architecture, so we do not guess")
     for field, value in _REQUIRED.items():
         if llada[field] != value:
             raise ValueError(f"unsupported LLaDA variant: {field}={llada[field]!r} (supported: {value!r})")
@@ -130,9 +128,7 @@ def load_llada(
     config = llama_config_from_llada(llada)
     mask_token_id = int(llada.get("mask_token_id", LLADA_MASK_TOKEN_ID))
     if not 0 <= mask_token_id < config.vocab_size:
-        raise ValueError(
-            f"LLaDA mask_token_id {mask_token_id} is outside the vocabulary [0, {config.vocab_size})"
-        )
+        raise ValueError(f"LLaDA mask_token_id {mask_token_id} is outside the vocabulary [0, {config.vocab_size})")
     state = read_checkpoint(folder, rename=llama_key_from_llada, device=device, dtype=dtype)
     model = build_from_state_dict(LlamaForCausalLM, config, state, source=str(folder), device=device)
     set_bidirectional(model)

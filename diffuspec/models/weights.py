@@ -74,14 +74,10 @@ def checkpoint_files(folder: str | os.PathLike) -> list[Path]:
     single = folder / SINGLE_FILE
     if single.is_file():
         return [single]
-    raise FileNotFoundError(
-        f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE} (only safetensors are supported)"
-    )
+    raise FileNotFoundError(f"{folder} has neither {INDEX_FILE} nor {SINGLE_FILE} (only safetensors are supported)")
 
 
-def iter_checkpoint(
-    folder: str | os.PathLike, device: torch.device = CPU
-) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_checkpoint(folder: str | os.PathLike, device: torch.device = CPU) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) over all shards, memory-mapped and loaded straight onto ``device``."""
     seen: set[str] = set()
     for path in checkpoint_files(folder):
@@ -150,9 +146,7 @@ def check_state_dict(expected: dict[str, torch.Size], state: dict[str, torch.Ten
     ]
     if wrong:
         problems.append(
-            "shape mismatch "
-            + "; ".join(wrong[:6])
-            + (f" ... ({len(wrong)} in all)" if len(wrong) > 6 else "")
+            "shape mismatch " + "; ".join(wrong[:6]) + (f" ... ({len(wrong)} in all)" if len(wrong) > 6 else "")
         )
     if problems:
         raise ValueError(f"checkpoint {source} does not match the model: " + " | ".join(problems))

@@ -197,6 +197,7 @@ def build_drafter_aligned(config: QuickstartConfig, out: Path, inputs: dict[str,
             "max_prompt_length": config.prompt_tokens,
             "max_completion_length": config.completion_tokens,
             "seed": config.seed,
+            **({"context_window": config.draft_window} if config.draft_window is not None else {}),
         },
     )
 

@@ -73,7 +73,11 @@ class AcceptanceCallback(TrainerCallback):
         start = time.perf_counter()
         try:
             drafter = DiffusionDrafter(
-                model, self.trainer.mask_token_id, shifted=self.trainer.shifted, check_attention=False
+                model,
+                self.trainer.mask_token_id,
+                shifted=self.trainer.shifted,
+                context_window=self.trainer.args.context_window,
+                check_attention=False,
             )
             decoder = SpeculativeDecoder(self.verifier_model, drafter, self.decode_config)
             new_tokens = rounds = accepted = 0

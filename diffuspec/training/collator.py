@@ -6,7 +6,8 @@ Each example ``{"prompt_ids", "completion_ids"[, "teacher_topk_ids", "teacher_to
   token with probability ``t ~ U(eps, 1)``, the prompt never masked;
 - ``anchors_per_sequence`` *block rows* (block CE, distillation, streaks): for an anchor ``a`` in the completion,
   ``prompt + completion[:a] + [MASK] * k``, the k slots labelled ``completion[a:a + k]`` and everything after the
-  block dropped. This is exactly the drafter's input at inference, where the prefix is the committed sequence.
+  block dropped. This is exactly the drafter's input at inference, where the prefix is the committed sequence
+  (cut to its last ``context_window`` tokens when the drafter reads a window).
 
 Rows are left-padded with explicit ``position_ids``, so each row's tokens sit at positions 0..n-1 exactly as in
 an unpadded inference pass (padding keys are masked out), and every row ends at the same column: the logits the
@@ -90,6 +91,7 @@ class DrafterCollator:
     block_size: int = 0  # 0: no block rows
     block_size_min: int | None = None  # None: every block has block_size slots
     anchors_per_sequence: int = 4
+    context_window: int | None = None  # block rows keep the last N prefix tokens, as the drafter at inference
     mask_eps: float = 1e-3
     max_prompt_length: int | None = None
     max_completion_length: int | None = None
@@ -153,7 +155,10 @@ class DrafterCollator:
             if k_max > 0:
                 for anchor in sample_anchors(len(completion), self.anchors_per_sequence, generator):
                     k = int(torch.randint(k_min, k_max + 1, (), generator=generator))
-                    block_rows.append(prompt + completion[:anchor] + [self.mask_token_id] * k)
+                    prefix = prompt + completion[:anchor]
+                    if self.context_window is not None:
+                        prefix = prefix[-self.context_window :]
+                    block_rows.append(prefix + [self.mask_token_id] * k)
                     blocks.append((index, anchor, k, len(completion)))
                     needed = max(needed, k + self.shifted)
 

@@ -80,6 +80,13 @@ class DrafterTrainingConfig(TrainingArguments):
     anchors_per_sequence: int = field(
         default=4, metadata={"help": "Draft-time blocks (anchor positions in the completion) per example."}
     )
+    context_window: int | None = field(
+        default=None,
+        metadata={
+            "help": "Block rows keep only the last N prefix tokens, as DiffusionDrafter(context_window=N) reads at "
+            "inference (the acceptance evaluation uses it too); null: the whole prefix."
+        },
+    )
     mask_eps: float = field(
         default=1e-3, metadata={"help": "Smallest mask ratio: t = eps + (1 - eps) u, u ~ U(0, 1) (LLaDA's 1e-3)."}
     )
@@ -140,6 +147,10 @@ class DrafterTrainingConfig(TrainingArguments):
             f"block_size_min must be in [1, block_size={self.block_size}] or null, got {self.block_size_min}",
         )
         _check(self.anchors_per_sequence >= 1, f"anchors_per_sequence must be >= 1, got {self.anchors_per_sequence}")
+        _check(
+            self.context_window is None or self.context_window >= 1,
+            f"context_window must be >= 1 or null, got {self.context_window}",
+        )
         _check(0.0 < self.mask_eps < 1.0, f"mask_eps must be in (0, 1), got {self.mask_eps}")
         _check(
             self.mask_token_id is None or self.mask_token_id >= 0,

@@ -168,6 +168,7 @@ class DrafterTrainer(Trainer):
                 block_size=args.block_size if args.uses_blocks else 0,
                 block_size_min=args.block_size_min,
                 anchors_per_sequence=args.anchors_per_sequence,
+                context_window=args.context_window,
                 mask_eps=args.mask_eps,
                 max_prompt_length=max_prompt_length,
                 max_completion_length=max_completion_length,
