@@ -168,6 +168,20 @@ def _save(fig: Any, path: Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
+def _save_line_plot(fig: Any, ax: Any, path: Path) -> Path:
+    """Legend (or a note that no method drafted), save, and close the figure whatever happens."""
+    import matplotlib.pyplot as plt
+
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no drafting method", ha="center", transform=ax.transAxes)
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def plot_speedup_per_task(results: dict[str, Any], path: Path) -> Path:
     import matplotlib
 
@@ -210,14 +224,7 @@ def plot_accepted_histogram(results: dict[str, Any], path: Path) -> Path:
             ax.plot(range(len(hist)), [c / total for c in hist], marker="o", markersize=3, label=name)
     ax.set_xlabel("draft tokens accepted in a round")
     ax.set_ylabel("share of rounds")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no drafting method", ha="center", transform=ax.transAxes)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save_line_plot(fig, ax, path)
 
 
 def plot_draft_lengths(records: Sequence[Any], path: Path) -> Path:
@@ -241,14 +248,7 @@ def plot_draft_lengths(records: Sequence[Any], path: Path) -> Path:
         ax.plot(range(1, longest + 1), means, label=name)
     ax.set_xlabel("round")
     ax.set_ylabel("draft tokens verified (mean over prompts, repeat 0)")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no drafting method", ha="center", transform=ax.transAxes)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return _save_line_plot(fig, ax, path)
 
 
 # ---------------------------------------------------------------- model card
