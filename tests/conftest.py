@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from diffuspec.config import CPSConfig
 from diffuspec.decoding.drafter import Drafter, DraftRequest
 from diffuspec.decoding.lattice import Lattice
 from diffuspec.models.tiny import tiny_qwen2
@@ -40,6 +41,24 @@ def reference_greedy(model, prompt: torch.Tensor, max_new_tokens: int, eos: tupl
             if int(token) in eos:
                 break
     return ids
+
+
+def greedy_with_eos_at(model, prompt: torch.Tensor, max_new_tokens: int, eos_at: int | None):
+    """(expected sequence, eos ids): plain greedy output where the token plain decoding emits at ``eos_at``
+    (if within budget) is declared the EOS, so property tests put EOS anywhere."""
+    plain = reference_greedy(model, prompt, max_new_tokens)
+    eos = (int(plain[prompt.numel() + eos_at]),) if eos_at is not None and eos_at < max_new_tokens else ()
+    return reference_greedy(model, prompt, max_new_tokens, eos), eos
+
+
+def cps_variant(name: str | None, proxy) -> CPSConfig | None:
+    """The CPS settings the property tests draw from: off, argmax, beam, exact DP."""
+    return {
+        None: None,
+        "argmax": CPSConfig(lam=1.0),
+        "beam": CPSConfig(proxy=proxy, beam=3, m_max=4),
+        "dp": CPSConfig(proxy=proxy, search="dp", m_max=3),
+    }[name]
 
 
 class OracleDrafter(Drafter):

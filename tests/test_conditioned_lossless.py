@@ -2,27 +2,18 @@
 
 import pytest
 import torch
-from conftest import VOCAB, reference_greedy
+from conftest import VOCAB, cps_variant, greedy_with_eos_at, reference_greedy
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_sampling import PROMPT, N, V, exact_distribution, sampled_tv, tv_bound
 
-from diffuspec import ADLConfig, CPSConfig, DecodeConfig, Drafter, DraftRequest, Lattice, SpeculativeDecoder
+from diffuspec import ADLConfig, DecodeConfig, Drafter, DraftRequest, Lattice, SpeculativeDecoder
 from diffuspec.decoding.proxy import NGramProxy
 from diffuspec.drafters.conditioned import ConditionedDrafter
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from diffuspec.models.tiny import tiny_qwen2
 
 _PROXY = NGramProxy.fit([list(range(VOCAB)) * 2, [1, 2, 3, 1, 2, 3, 4]], vocab_size=VOCAB, order=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster, and immune to the spin-wait slowdown of a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def random_drafter(verifier, seed: int, layers: int, block_size: int, init_std: float = 0.3) -> ConditionedDrafter:
@@ -89,17 +80,8 @@ def test_greedy_with_conditioned_drafter_equals_plain_decoding(
     verifier, seed, layers, steer, prompt, k, block_extra, cps, adl, max_new, eos_at
 ):
     prompt = torch.tensor(prompt)
-    plain = reference_greedy(verifier, prompt, max_new)
-    # EOS anywhere: make one of the tokens plain decoding would produce the EOS id.
-    eos = (int(plain[prompt.numel() + eos_at]),) if eos_at is not None and eos_at < max_new else ()
-    expected = reference_greedy(verifier, prompt, max_new, eos)
-
-    cps_config = {
-        None: None,
-        "argmax": CPSConfig(lam=1.0),
-        "beam": CPSConfig(proxy=_PROXY, beam=3, m_max=4),
-        "dp": CPSConfig(proxy=_PROXY, search="dp", m_max=3),
-    }[cps]
+    expected, eos = greedy_with_eos_at(verifier, prompt, max_new, eos_at)
+    cps_config = cps_variant(cps, _PROXY)
     adl_config = ADLConfig(k_min=max(1, k - 5), k_max=k, delta=2) if adl else None
     drafter = random_drafter(verifier, seed, layers, block_size=k + block_extra)
     steered = SteeredConditionedDrafter(drafter, verifier, steer, seed)

@@ -22,15 +22,6 @@ from diffuspec.models.tiny import tiny_qwen2
 MASK = VOCAB - 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster, and immune to the spin-wait slowdown of a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_drafter(verifier, seed=0, layers=2, block_size=6, **overrides) -> ConditionedDrafterModel:
     """A random conditioned drafter for ``verifier`` in its dtype; wide init so its lattices are not flat."""
     config = ConditionedDrafterConfig.for_verifier(

@@ -44,15 +44,6 @@ def load_script(name: str):
 tiny_models = load_script("tiny_models")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and on a busy 2-core machine two threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """eval/tiny_models.py's folders at test size: verifier, AR drafter (the verifier's own weights, so it always

@@ -1,14 +1,13 @@
 """T = 0: speculative output equals plain greedy decoding token for token, whatever the drafter does."""
 
 import torch
-from conftest import VOCAB, OracleDrafter, reference_greedy
+from conftest import VOCAB, OracleDrafter, cps_variant, greedy_with_eos_at
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from diffuspec import (
     ADLConfig,
     AutoregressiveDrafter,
-    CPSConfig,
     DecodeConfig,
     DiffusionDrafter,
     PromptLookupDrafter,
@@ -52,17 +51,8 @@ def _drafter(kind: str, verifier, dlm):
 )
 def test_greedy_equals_plain_decoding(verifier, dlm, kind, prompt, k, cps, adl, max_new, eos_at):
     prompt = torch.tensor(prompt)
-    plain = reference_greedy(verifier, prompt, max_new)
-    # EOS anywhere: make one of the tokens plain decoding would produce the EOS id.
-    eos = (int(plain[prompt.numel() + eos_at]),) if eos_at is not None and eos_at < max_new else ()
-    expected = reference_greedy(verifier, prompt, max_new, eos)
-
-    cps_config = {
-        None: None,
-        "argmax": CPSConfig(lam=1.0),
-        "beam": CPSConfig(proxy=_PROXY, beam=3, m_max=4),
-        "dp": CPSConfig(proxy=_PROXY, search="dp", m_max=3),
-    }[cps]
+    expected, eos = greedy_with_eos_at(verifier, prompt, max_new, eos_at)
+    cps_config = cps_variant(cps, _PROXY)
     adl_config = ADLConfig(k_min=max(1, k - 10), k_max=k, delta=3) if adl else None
     config = DecodeConfig(cps=cps_config, adl=adl_config, draft_length=k)
     decoder = SpeculativeDecoder(verifier, _drafter(kind, verifier, dlm), config)

@@ -13,15 +13,6 @@ from diffuspec.training.teacher import OfflineTeacher, OnlineTeacher
 V, MASK, PAD = 48, 47, 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids spinning workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_examples(n: int = 3, seed: int = 0, teacher_k: int | None = None):
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -27,14 +27,6 @@ PROMPT_LEN, COMPLETION_LEN, ROWS = 8, 24, 12
 BLOCK = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A word-level tokenizer over ids: token ``t{i}`` is id i, with a pad and a mask token at the top."""
     vocab = {f"t{i}": i for i in range(VOCAB - 2)} | {"<pad>": PAD, "<mask>": MASK}

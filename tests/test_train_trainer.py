@@ -27,15 +27,6 @@ from diffuspec.training.teacher import OfflineTeacher, OnlineTeacher
 V, MASK, EOS = 64, 63, 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids spinning workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def new_drafter(seed=0):
     return tiny_qwen2(seed=seed, vocab_size=V, hidden_size=32, num_layers=1, causal=False, init_std=0.1)
 
