@@ -4,7 +4,8 @@
 
 Writes ``verifier/`` (a Qwen2 causal LM), ``ar_drafter/`` (a copy of the verifier: it always agrees, so SpS and
 assisted generation accept every token), ``dlm/`` (a bidirectional Qwen2 with a diffuspec marker: a diffusion
-drafter), ``proxy.json`` (a trigram proxy) and ``prompts.jsonl``. All share one byte-level BPE tokenizer trained
+drafter), ``conditioned/`` (a 1-layer feature-conditioned block drafter for the verifier, block of 8),
+``proxy.json`` (a trigram proxy) and ``prompts.jsonl``. All share one byte-level BPE tokenizer trained
 on the Spec-Bench questions, with a minimal chat template. The weights are random: use these folders for timing
 and losslessness, not for acceptance.
 """
@@ -16,6 +17,7 @@ import json
 from pathlib import Path
 
 from diffuspec.decoding.proxy import NGramProxy
+from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from diffuspec.models.tiny import tiny_qwen2
 
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|mask|>", "<|user|>", "<|assistant|>"]
@@ -54,11 +56,17 @@ def write_models(
     tokenizer = make_tokenizer(texts, vocab_size)
     common = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, eos_token_id=tokenizer.eos_token_id, **shape)
     paths = {name: out / name for name in ("verifier", "ar_drafter", "dlm")}
-    tiny_qwen2(seed=0, num_layers=num_layers, **common).save_pretrained(paths["verifier"])
+    verifier = tiny_qwen2(seed=0, num_layers=num_layers, **common)
+    verifier.save_pretrained(paths["verifier"])
     tiny_qwen2(seed=0, num_layers=num_layers, **common).save_pretrained(paths["ar_drafter"])
     tiny_qwen2(seed=1, num_layers=drafter_layers, causal=False, **common).save_pretrained(paths["dlm"])
     marker = {"mask_token_id": tokenizer.convert_tokens_to_ids("<|mask|>"), "shifted": True}
     (paths["dlm"] / "diffuspec_config.json").write_text(json.dumps(marker))
+    paths["conditioned"] = out / "conditioned"
+    mask_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    ConditionedDrafterModel(
+        ConditionedDrafterConfig.for_verifier(verifier.config, mask_token_id=mask_id)
+    ).save_pretrained(paths["conditioned"])
     for path in paths.values():
         tokenizer.save_pretrained(path)
     paths["proxy"] = out / "proxy.json"

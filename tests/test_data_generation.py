@@ -432,3 +432,25 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, verifier_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert rows_of(tmp_path / "two") == single
     assert len(list(Path(f"{tmp_path / 'two'}.shards").glob("rank-*-of-00002.jsonl"))) == 2
+
+
+def test_batched_backend_matches_exact_decoding(tmp_path, verifier_dir):
+    """One left-padded generate per chunk gives the batch-1 decoder's completions (prompts of 2-8 tokens, mixed
+    in each chunk) and the same teacher columns."""
+    prompts = token_id_prompts(tmp_path / "ids.jsonl", 6)
+    exact = generate_dataset(config(verifier_dir, tmp_path / "exact", prompt_token_ids=str(prompts), teacher_topk=3))
+    batched = generate_dataset(
+        config(
+            verifier_dir,
+            tmp_path / "batched",
+            prompt_token_ids=str(prompts),
+            teacher_topk=3,
+            backend="transformers",
+            chunk_size=4,
+        )
+    )
+    for a, b in zip(rows_of(exact), rows_of(batched), strict=True):
+        assert a["completion_ids"] == b["completion_ids"]
+        assert a["teacher_topk_ids"] == b["teacher_topk_ids"]
+    with pytest.raises(ValueError, match="greedily only"):
+        config(verifier_dir, tmp_path / "x", prompt_token_ids=str(prompts), backend="transformers", temperature=0.7)

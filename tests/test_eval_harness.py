@@ -76,6 +76,13 @@ def all_methods(folders) -> list[dict]:
             "proxy": str(folders["proxy"]),
         },
         {
+            "kind": "conditioned",
+            "name": "dlm_conditioned",
+            "drafter": str(folders["conditioned"]),
+            "adl": {"k_min": 2, "k_max": 6, "delta": 2},
+            "proxy": str(folders["proxy"]),
+        },
+        {
             "kind": "diffusion",
             "name": "dlm_raw_k3",
             "drafter": str(folders["dlm"]),

@@ -6,6 +6,8 @@ real tensor names, sharded with an index); the reference below shares no code wi
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -13,9 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
-from diffuspec.models.loading import load_diffusion_model, save_dream_format
+from diffuspec.models.dream import qwen2_config_from_dream
+from diffuspec.models.llada import LLADA_KEY_MAPPING, llama_config_from_llada, llama_key_from_llada
+from diffuspec.models.loading import bitsandbytes_config, load_diffusion_model, save_dream_format
 from diffuspec.models.tiny import tiny_qwen2
+from diffuspec.models.weights import load_with_from_pretrained, set_bidirectional
 
 VOCAB = 256
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS = 32, 4, 2, 48, 2
@@ -448,3 +454,98 @@ def test_offline_hub_id_fails_fast(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(OSError, match=r"'Dream-org/Dream-v0-Instruct-7B'.*unreachable"):
         load_diffusion_model("Dream-org/Dream-v0-Instruct-7B")
+
+
+# ---------------------------------------------------------------- 8-bit / 4-bit loading (bitsandbytes)
+
+
+def fake_find_spec(installed: bool):
+    """importlib.util.find_spec with bitsandbytes present or absent, whatever this machine has."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            return importlib.machinery.ModuleSpec("bitsandbytes", None) if installed else None
+        return real(name, *args, **kwargs)
+
+    return find_spec
+
+
+def test_unknown_quantization_is_refused_before_anything_loads(tmp_path):
+    with pytest.raises(ValueError, match=r"quantization must be one of \('8bit', '4bit'\) or None, got '3bit'"):
+        load_diffusion_model(tmp_path / "not_there", quantization="3bit")
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_missing_bitsandbytes_is_named_with_its_pip_command(monkeypatch, tmp_path, quantization):
+    from diffuspec import DiffusionDrafter, SpeculativeDecoder
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec(installed=False))
+    match = rf"quantization='{quantization}' needs the bitsandbytes package.*pip install 'bitsandbytes>=0.46.1'"
+    missing = tmp_path / "not_there"  # reaching the path would raise FileNotFoundError instead
+    with pytest.raises(ImportError, match=match):
+        load_diffusion_model(missing, quantization=quantization)
+    with pytest.raises(ImportError, match=match):
+        DiffusionDrafter.from_pretrained(missing, quantization=quantization)
+    with pytest.raises(ImportError, match=match):  # before the verifier loads
+        SpeculativeDecoder.from_pretrained(verifier=missing, drafter=missing, drafter_quantization=quantization)
+
+
+def test_bitsandbytes_configs(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", fake_find_spec(installed=True))
+    assert bitsandbytes_config(None) is None
+    eight = bitsandbytes_config("8bit")
+    assert eight.load_in_8bit and not eight.load_in_4bit
+    four = bitsandbytes_config("4bit", dtype="float16")
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.float16
+    assert bitsandbytes_config("4bit").bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_from_pretrained_path_computes_what_the_strict_loader_computes(dream_folder, tmp_path):
+    """Quantized loading goes through from_pretrained (Dream names as is, LLaDA via LLADA_KEY_MAPPING); without a
+    quantization config that path must load exactly the model the strict loader builds."""
+    cpu = torch.device("cpu")
+    folder, _ = dream_folder
+    raw = json.loads((folder / "config.json").read_text())
+    via_hf = load_with_from_pretrained(
+        Qwen2ForCausalLM, qwen2_config_from_dream(raw), folder, device=cpu, dtype=None, quantization_config=None
+    )
+    strict, _, _ = load_diffusion_model(folder)
+    set_bidirectional(via_hf)
+    with torch.no_grad():  # the last bit may differ: mmapped weights are not SIMD-aligned (weights.py)
+        torch.testing.assert_close(via_hf(input_ids=IDS).logits, strict(input_ids=IDS).logits, rtol=1e-12, atol=1e-12)
+
+    for tied in (False, True):
+        llada = tmp_path / f"llada_{tied}"
+        llada.mkdir()
+        write_sharded(llada, llada_tensors(random_weights(2, kv_heads=KV_HEADS, qkv_bias=False, tied=tied), tied))
+        raw = llada_config(weight_tying=tied)
+        (llada / "config.json").write_text(json.dumps(raw))
+        via_hf = load_with_from_pretrained(
+            LlamaForCausalLM,
+            llama_config_from_llada(raw),
+            llada,
+            device=cpu,
+            dtype=None,
+            quantization_config=None,
+            rename=llama_key_from_llada,
+            key_mapping=LLADA_KEY_MAPPING,
+        )
+        strict, _, _ = load_diffusion_model(llada)
+        assert via_hf.state_dict().keys() == strict.state_dict().keys()
+        assert all(torch.equal(via_hf.state_dict()[k], v) for k, v in strict.state_dict().items())
+
+
+def test_from_pretrained_path_checks_names_first_and_fills_dream_zero_biases(tmp_path):
+    tensors = dream_tensors(random_weights(0, kv_heads=KV_HEADS, qkv_bias=True))
+    tensors.pop("model.layers.1.self_attn.k_proj.bias")
+    write_sharded(tmp_path, tensors, shards=2)
+    (tmp_path / "config.json").write_text(json.dumps(dream_config()))
+    config = qwen2_config_from_dream(dream_config())
+    kwargs = {"device": torch.device("cpu"), "dtype": None, "quantization_config": None}
+    with pytest.raises(ValueError, match="missing model.layers.1.self_attn.k_proj.bias"):
+        load_with_from_pretrained(Qwen2ForCausalLM, config, tmp_path, **kwargs)
+    zero = frozenset({"model.layers.1.self_attn.k_proj.bias"})  # Dream's attention_bias: false exports
+    model = load_with_from_pretrained(Qwen2ForCausalLM, config, tmp_path, zero_keys=zero, **kwargs)
+    assert torch.count_nonzero(model.model.layers[1].self_attn.k_proj.bias) == 0
+    assert torch.equal(model.model.layers[1].self_attn.k_proj.weight, tensors["model.layers.1.self_attn.k_proj.weight"])

@@ -3,12 +3,25 @@
 import json
 
 import pytest
+import torch
+from transformers import AutoTokenizer
 
+from diffuspec.models.loading import load_diffusion_model, save_dream_format
 from diffuspec.quickstart import STAGES, run_quickstart
 from diffuspec.quickstart.config import QuickstartConfig, load_preset
 from diffuspec.quickstart.pipeline import run_stages
 
-METHODS = {"ar", "hf_generate", "pld", "hf_pld", "hf_assisted", "dlm_unaligned", "dlm_aligned", "dlm_aligned_plain"}
+METHODS = {
+    "ar",
+    "hf_generate",
+    "pld",
+    "hf_pld",
+    "hf_assisted",
+    "dlm_unaligned",
+    "dlm_aligned",
+    "dlm_aligned_plain",
+    "dlm_conditioned",
+}
 
 
 def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
@@ -25,6 +38,17 @@ def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
     run_quickstart("fast", run_dir)  # a rerun skips every finished stage
     log = capsys.readouterr().out
     assert all(f"[{s.name}] cached" in log for s in STAGES)
+
+    # The aligned drafter ships in Dream's on-disk format and loads back through the Dream path, unchanged.
+    drafter, mask_id, shifted = load_diffusion_model(run_dir / "drafter_aligned" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "drafter_aligned" / "model")
+    dream = save_dream_format(drafter, tokenizer, tmp_path / "dream", mask_token_id=mask_id)
+    assert json.loads((dream / "config.json").read_text())["model_type"] == "Dream"
+    loaded, loaded_mask_id, loaded_shifted = load_diffusion_model(dream)
+    assert (loaded_mask_id, loaded_shifted) == (mask_id, shifted) == (tokenizer.mask_token_id, True)
+    ids = torch.tensor([[5, 17, mask_id, mask_id, 3]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, drafter(input_ids=ids).logits)
 
 
 def test_a_stage_alone_needs_its_inputs(tmp_path):

@@ -1,7 +1,9 @@
 """Training the conditioned drafter: loss falls, the saved folder loads, decoding stays lossless, and the trained
 drafter gets more tokens accepted than an untrained one on the prompts it was trained on."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -19,9 +21,11 @@ from diffuspec.training.conditioned import (
     ConditionedCollator,
     completion_mask,
     sample_anchors,
+    slot_logits,
     train_conditioned_drafter,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 VOCAB, MASK, PAD = 128, 127, 126
 PROMPT_LEN, COMPLETION_LEN, ROWS = 8, 24, 12
 BLOCK = 6
@@ -62,6 +66,7 @@ def setup(tmp_path_factory):
         learning_rate=3e-2,
         anchors_per_sequence=8,
         decay_gamma=4.0,
+        kl_weight=0.5,
         streak_weight=0.5,
         feature_layers=[1, 2],
     )
@@ -92,12 +97,20 @@ def test_collator_and_anchors():
     assert ok.tolist() == [[True] * 3, [True] * 3, [False] * 3]  # an empty completion scores nothing
 
 
+def test_slot_logits_read_the_position_before_each_target():
+    logits = torch.arange(2 * 6, dtype=torch.float32).view(2, 6, 1).expand(-1, -1, 3)  # value = b * 6 + position
+    out = slot_logits(logits, torch.tensor([[0, 3], [4, 1]]), block_size=3)
+    assert out.shape == (2, 2, 3, 3)
+    # slot i of anchor a targets token a + 1 + i, which the causal verifier predicts at position a + i
+    assert out[..., 0].tolist() == [[[0, 1, 2], [3, 4, 5]], [[10, 11, 11], [7, 8, 9]]]  # clamped at the end
+
+
 def test_training_loss_decreases(setup):
     _, out, *_ = setup
     losses = [row["loss"] for row in json.loads((out / LOG_FILE).read_text()) if "loss" in row]
     logged = [row for row in json.loads((out / LOG_FILE).read_text()) if "loss/block_ce" in row]
     assert len(losses) >= 3 and losses[-1] < 0.7 * losses[0]
-    assert logged and "loss/streak" in logged[0]
+    assert logged and "loss/streak" in logged[0] and "loss/kl" in logged[0]
 
 
 def test_trained_drafter_is_lossless_and_better(setup):
@@ -112,3 +125,113 @@ def test_trained_drafter_is_lossless_and_better(setup):
     untrained_accepted, outputs = mean_accepted(verifier, untrained, prompts)
     assert outputs == [p + c for p, c in zip(prompts, completions, strict=True)]
     assert trained_accepted > untrained_accepted + 0.3, (trained_accepted, untrained_accepted)
+
+
+# ---------------------------------------------------------------- the training script: resume after a kill, push
+
+
+def script_args(root, out, **overrides):
+    from diffuspec.training.conditioned import parse_conditioned_config
+
+    values = {
+        "verifier_name_or_path": root / "verifier",
+        "dataset_path": root / "dataset",
+        "output_dir": out,
+        "block_size": BLOCK,
+        "feature_layers": None,
+        "max_steps": 6,
+        "save_steps": 3,
+        "logging_steps": 1,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "kl_weight": 0.5,
+        "streak_weight": 0.5,
+        "use_cpu": True,
+        "report_to": "none",
+        "disable_tqdm": True,
+        **overrides,
+    }
+    argv = []
+    for key, value in values.items():
+        if key == "feature_layers":
+            argv += ["--feature_layers", "1", "2"]
+        else:
+            argv += [f"--{key}", str(value)]
+    return parse_conditioned_config(argv)
+
+
+def step_losses(out) -> dict[int, dict]:
+    rows = json.loads((out / LOG_FILE).read_text())
+    return {row["step"]: row for row in rows if "loss" in row}
+
+
+def test_killed_run_resumes_to_the_uninterrupted_losses(setup, tmp_path, monkeypatch):
+    from diffuspec.training.conditioned import ConditionedDrafterTrainer, run_conditioned_training
+
+    root = setup[0]
+    run_conditioned_training(*script_args(root, tmp_path / "full"))
+
+    original = ConditionedDrafterTrainer.compute_loss
+
+    def killed_in_step_5(self, *args, **kwargs):
+        if self.state.global_step == 4:
+            raise KeyboardInterrupt("killed")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConditionedDrafterTrainer, "compute_loss", killed_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_conditioned_training(*script_args(root, tmp_path / "killed"))
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["checkpoint-3"]
+    monkeypatch.setattr(ConditionedDrafterTrainer, "compute_loss", original)
+    run_conditioned_training(*script_args(root, tmp_path / "killed"))  # the same command again: resumes
+
+    expected, got = step_losses(tmp_path / "full"), step_losses(tmp_path / "killed")
+    assert sorted(got) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        for key in ("loss", "loss/block_ce", "loss/kl", "loss/streak"):
+            assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-6), (step, key)
+    full = ConditionedDrafterModel.from_pretrained(tmp_path / "full").state_dict()
+    resumed = ConditionedDrafterModel.from_pretrained(tmp_path / "killed").state_dict()
+    for name, value in full.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_script_output_loads_and_pushes(setup, tmp_path):
+    from test_hub_push import FakeHfApi
+
+    from diffuspec.hub import push_drafter, read_diffuspec_config
+
+    root, _, verifier, prompts, completions = setup
+    script = importlib.util.spec_from_file_location("train_conditioned", ROOT / "train" / "train_conditioned.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    out = tmp_path / "drafter"
+    module.main(*script_args(root, out, save_steps=100))
+    marker = read_diffuspec_config(out)
+    assert marker.mask_token_id == MASK and marker.verifier["name"] == str(root / "verifier")
+    assert set(marker.objectives) == {"block_ce", "kl", "streak"}
+    drafter = ConditionedDrafter.from_pretrained(out, verifier)
+    _, outputs = mean_accepted(verifier, drafter, prompts[:3])
+    assert outputs == [p + c for p, c in zip(prompts[:3], completions[:3], strict=True)]
+
+    api = FakeHfApi(tmp_path / "remote")
+    push_drafter(out, "you/conditioned", api=api)
+    remote = api.remote("you/conditioned")
+    assert {"config.json", "model.safetensors", "diffuspec_config.json", "README.md"} <= {
+        p.name for p in remote.iterdir()
+    }
+    assert ConditionedDrafter.from_pretrained(remote, verifier).block_size == BLOCK
+
+
+def test_bad_settings_are_refused_before_any_model_loads(setup, tmp_path):
+    root = setup[0]
+    with pytest.raises(ValueError, match="anchors_per_sequence"):
+        script_args(root, tmp_path / "x", anchors_per_sequence=0)
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        script_args(root, tmp_path / "x", num_hidden_layers=9)
+    with pytest.raises(ValueError, match="unknown keys"):
+        from diffuspec.training.conditioned import parse_conditioned_config
+
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("verifier_name_or_path: v\ndataset_path: [d]\noutput_dir: o\nlerning_rate: 1\n")
+        parse_conditioned_config(["--config", str(recipe)])

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from diffuspec.training import DataArguments, DrafterTrainingConfig, ModelArguments, parse_config
+from diffuspec.training.conditioned import parse_conditioned_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_RECIPES = sorted(ROOT.glob("recipes/*/train/*.yaml"))
@@ -148,12 +149,16 @@ def test_every_training_recipe_parses(recipe):
     values = yaml.safe_load(recipe.read_text())
     gpu = values.get("bf16", False)
     overrides = ["--bf16", "false", "--use_cpu", "true"] if gpu and not torch.cuda.is_available() else []
-    model_args, data_args, training_args = parse_config(["--config", str(recipe), *overrides])
     assert "num_processes" not in values  # launcher settings live in recipes/accelerate_configs
+    assert recipe.parent.parent.joinpath("README.md").exists()  # command, hardware, time and memory
+    if recipe.parent.parent.name.startswith("conditioned-"):  # train/train_conditioned.py's recipes
+        model_args, data_args, training_args = parse_conditioned_config(["--config", str(recipe), *overrides])
+        assert model_args.block_size >= 1 and training_args.anchors_per_sequence >= 1
+        return
+    model_args, data_args, training_args = parse_config(["--config", str(recipe), *overrides])
     assert training_args.ce_weight + training_args.block_ce_weight + training_args.kl_weight > 0
     if training_args.eval_acceptance_steps > 0:
         assert data_args.eval_prompts_path is not None and model_args.verifier_name_or_path is not None
-    assert recipe.parent.parent.joinpath("README.md").exists()  # command, hardware, time and memory
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)

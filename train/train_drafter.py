@@ -11,13 +11,12 @@ teacher_topk_logprobs, as ``diffuspec.training.data`` writes them.
 
 import logging
 import os
-import sys
 
-import transformers
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from diffuspec.training import AcceptanceCallback, DrafterTrainer, parse_config
+from diffuspec.training.config import configure_logging
 from diffuspec.training.inputs import check_examples, load_examples, load_prompts
 from diffuspec.training.modeling import (
     apply_lora,
@@ -36,15 +35,7 @@ def main(model_args, data_args, training_args) -> DrafterTrainer:
     ###############
     # Setup
     ###############
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
-    logger.info(f"Model parameters {model_args}")
-    logger.info(f"Data parameters {data_args}")
+    configure_logging(logger, training_args, model_args, data_args)
     check_precision(model_args, training_args)
     set_seed(training_args.seed)
 

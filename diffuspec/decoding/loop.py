@@ -126,19 +126,31 @@ class SpeculativeDecoder:
         dtype: torch.dtype | str | None = None,
         device_map: str | dict | None = None,
         drafter_device_map: str | dict | None = None,
+        drafter_quantization: str | None = None,
     ) -> SpeculativeDecoder:
-        """Load a verifier (any causal LM folder or Hub id) and a diffusion drafter (Dream, LLaDA, diffuspec)."""
+        """Load a verifier (any causal LM folder or Hub id) and a diffusion drafter (Dream, LLaDA, diffuspec).
+
+        ``drafter_quantization="8bit"`` / ``"4bit"`` loads the drafter through bitsandbytes; it is checked before
+        the verifier loads, so a missing package fails at once.
+        """
         from transformers import AutoModelForCausalLM
 
         from ..drafters.diffusion import DiffusionDrafter
         from ..hub import resolve_local
+        from ..models.loading import bitsandbytes_config
 
+        bitsandbytes_config(drafter_quantization, dtype)
         verifier_model = AutoModelForCausalLM.from_pretrained(
             resolve_local(verifier), dtype=dtype, device_map=device_map
         )
         draft = None
         if drafter is not None:
-            draft = DiffusionDrafter.from_pretrained(drafter, dtype=dtype, device_map=drafter_device_map or device_map)
+            draft = DiffusionDrafter.from_pretrained(
+                drafter,
+                dtype=dtype,
+                device_map=drafter_device_map or device_map,
+                quantization=drafter_quantization,
+            )
         return cls(verifier_model, draft, config)
 
     # -- validation -------------------------------------------------------------------------------------------

@@ -65,12 +65,20 @@ class DiffusionDrafter(Drafter):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, steps: int = 1, context_window: int | None = None, **load_kwargs
+        cls,
+        path: str | os.PathLike,
+        steps: int = 1,
+        context_window: int | None = None,
+        quantization: str | None = None,
+        **load_kwargs,
     ) -> DiffusionDrafter:
-        """Load a Dream, LLaDA or diffuspec drafter; mask id and shift convention come from the checkpoint."""
+        """Load a Dream, LLaDA or diffuspec drafter; mask id and shift convention come from the checkpoint.
+
+        ``quantization="8bit"`` / ``"4bit"`` loads the weights through bitsandbytes (see ``load_diffusion_model``).
+        """
         from ..models.loading import load_diffusion_model
 
-        model, mask_token_id, shifted = load_diffusion_model(path, **load_kwargs)
+        model, mask_token_id, shifted = load_diffusion_model(path, quantization=quantization, **load_kwargs)
         return cls(model, mask_token_id=mask_token_id, shifted=shifted, steps=steps, context_window=context_window)
 
     def max_length(self) -> int | None:

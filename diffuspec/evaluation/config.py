@@ -32,9 +32,11 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "sps": ("name", "drafter", "draft_length"),
     "hf_assisted": ("name", "drafter", "draft_length", "schedule", "confidence_threshold"),
     "diffusion": ("name", "drafter", "steps", "cps", "adl", "draft_length", "proxy", "context_window"),
+    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy"),
 }
 METHOD_KINDS = tuple(METHOD_KEYS)
-NEEDS_DRAFTER = ("sps", "hf_assisted", "diffusion")
+NEEDS_DRAFTER = ("sps", "hf_assisted", "diffusion", "conditioned")
+LATTICE_KINDS = ("diffusion", "conditioned")  # drafters whose lattice goes through CPS and ADL
 
 # Per-kind defaults. hf_* use transformers' own defaults (prompt_lookup_num_tokens=10, max_matching_ngram_size=2,
 # num_assistant_tokens=20, schedule "constant", assistant_confidence_threshold=0.4) so that they run as shipped;
@@ -45,6 +47,7 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "sps": {"draft_length": 5},
     "hf_assisted": {"draft_length": 20, "schedule": "constant", "confidence_threshold": 0.4},
     "diffusion": {"steps": 1, "cps": {}, "adl": {}, "draft_length": 8},
+    "conditioned": {"cps": {}, "adl": {}, "draft_length": 8},
 }
 
 
@@ -94,7 +97,7 @@ class MethodSpec:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"{where}: name must be a non-empty string")
         if self.kind in NEEDS_DRAFTER and not self.drafter:
-            hint = " (or set ar_drafter)" if self.kind != "diffusion" else ""
+            hint = " (or set ar_drafter)" if self.kind not in LATTICE_KINDS else ""
             raise ValueError(f"{where}: a {self.kind!r} method needs a 'drafter' folder{hint}")
         if self.draft_length is not None and self.draft_length < 1:
             raise ValueError(f"{where}: draft_length must be >= 1, got {self.draft_length}")
@@ -106,7 +109,7 @@ class MethodSpec:
             raise ValueError(f"{where}: need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
         if self.schedule is not None and self.schedule not in ("constant", "heuristic", "heuristic_transient"):
             raise ValueError(f"{where}: schedule must be 'constant', 'heuristic' or 'heuristic_transient'")
-        if self.kind == "diffusion":
+        if self.kind in LATTICE_KINDS:
             self.cps_config()
             self.adl_config()
             if self.proxy is not None and self.cps is None:

@@ -22,9 +22,11 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from ..config import DecodeConfig
+from ..decoding.drafter import Drafter
 from ..decoding.loop import SpeculativeDecoder
 from ..decoding.proxy import load_proxy
 from ..drafters.autoregressive import AutoregressiveDrafter
+from ..drafters.conditioned import ConditionedDrafter
 from ..drafters.diffusion import DiffusionDrafter
 from ..drafters.prompt_lookup import PromptLookupDrafter
 from ..hub import resolve_local
@@ -264,6 +266,7 @@ def build_runner(
     pad_token_id: int,
     ar_drafter: PreTrainedModel | None = None,
     diffusion: tuple[PreTrainedModel, int, bool] | None = None,
+    conditioned: ConditionedDrafter | None = None,
 ) -> DecoderRunner | HFRunner:
     """One runner from an already-loaded verifier (and drafter model, if the method needs one)."""
     if spec.kind == "ar":
@@ -295,10 +298,19 @@ def build_runner(
         drafter = DiffusionDrafter(
             model, mask_token_id=mask_token_id, shifted=shifted, steps=spec.steps, context_window=spec.context_window
         )
-        proxy = load_proxy(spec.proxy) if spec.proxy else None
-        config = DecodeConfig(cps=spec.cps_config(proxy), adl=spec.adl_config(), draft_length=spec.draft_length)
-        return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
+        return _lattice_runner(spec, verifier, drafter, eos)
+    if spec.kind == "conditioned":
+        return _lattice_runner(spec, verifier, conditioned, eos)
     raise ValueError(f"unknown method kind {spec.kind!r}")
+
+
+def _lattice_runner(
+    spec: MethodSpec, verifier: PreTrainedModel, drafter: Drafter, eos: tuple[int, ...]
+) -> DecoderRunner:
+    """A drafter whose lattice goes through the method's CPS (with its proxy) and ADL settings."""
+    proxy = load_proxy(spec.proxy) if spec.proxy else None
+    config = DecodeConfig(cps=spec.cps_config(proxy), adl=spec.adl_config(), draft_length=spec.draft_length)
+    return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
 
 
 def load_runners(
@@ -311,7 +323,7 @@ def load_runners(
     dlms: dict[str, tuple[PreTrainedModel, int, bool]] = {}
     runners = []
     for spec in config.methods:
-        ar_model = diffusion = None
+        ar_model = diffusion = conditioned = None
         if spec.kind in ("sps", "hf_assisted"):
             if spec.drafter not in ar_models:
                 ar_models[spec.drafter] = load_causal_lm(spec.drafter, config.dtype, device)
@@ -321,5 +333,10 @@ def load_runners(
                 dtype = None if config.dtype == "auto" else torch_dtype(config.dtype)
                 dlms[spec.drafter] = load_diffusion_model(spec.drafter, dtype=dtype, device_map=str(device))
             diffusion = dlms[spec.drafter]
-        runners.append(build_runner(spec, verifier, eos, pad_token_id, ar_model, diffusion))
+        if spec.kind == "conditioned":  # one drafter per method: it holds its own context memory
+            dtype = None if config.dtype == "auto" else torch_dtype(config.dtype)
+            conditioned = ConditionedDrafter.from_pretrained(
+                spec.drafter, verifier, dtype=dtype, device_map=str(device)
+            )
+        runners.append(build_runner(spec, verifier, eos, pad_token_id, ar_model, diffusion, conditioned))
     return runners

@@ -281,8 +281,26 @@ def verifier_features(
 ) -> torch.Tensor:
     """``[B, T, len(feature_layers) * hidden]``: ``hidden_states[i]`` for i in ``feature_layers`` concatenated, the
     rule the decoding Verifier uses for ``DraftRequest.features`` (so training reads what inference gets)."""
-    out = verifier(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
-    return torch.cat([out.hidden_states[i] for i in feature_layers], dim=-1)
+    return verifier_features_and_logits(verifier, input_ids, feature_layers, attention_mask, all_logits=False)[0]
+
+
+@torch.no_grad()
+def verifier_features_and_logits(
+    verifier: PreTrainedModel,
+    input_ids: torch.Tensor,
+    feature_layers: Sequence[int],
+    attention_mask: torch.Tensor | None = None,
+    all_logits: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The features of :func:`verifier_features` and the logits ``[B, T, V]`` (``all_logits``; else the last
+    position's) from the same pass: distillation to the verifier costs no second forward."""
+    out = verifier(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        output_hidden_states=True,
+        logits_to_keep=0 if all_logits else 1,
+    )
+    return torch.cat([out.hidden_states[i] for i in feature_layers], dim=-1), out.logits
 
 
 # ---------------------------------------------------------------------------------------------------------------

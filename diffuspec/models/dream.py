@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from .weights import (
     build_from_state_dict,
+    load_with_from_pretrained,
     parse_size,
     read_checkpoint,
     replace_folder_atomically,
@@ -73,12 +74,31 @@ def load_dream(
     *,
     dtype: torch.dtype | None,
     device: torch.device,
+    quantization_config: Any | None = None,
 ) -> tuple[Qwen2ForCausalLM, int, bool]:
-    """Load a Dream folder strictly; returns (model, mask_token_id, shifted=True)."""
+    """Load a Dream folder strictly; returns (model, mask_token_id, shifted=True).
+
+    With a ``quantization_config`` (transformers' ``BitsAndBytesConfig``) the weights go through
+    ``from_pretrained``, which quantizes them while loading; Dream's tensor names are Qwen2's, so no renaming.
+    """
     config = qwen2_config_from_dream(dream)
     mask_token_id = int(dream.get("mask_token_id", DREAM_MASK_TOKEN_ID))
     if not 0 <= mask_token_id < config.vocab_size:
         raise ValueError(f"Dream mask_token_id {mask_token_id} is outside the vocabulary [0, {config.vocab_size})")
+    if quantization_config is not None:
+        model = load_with_from_pretrained(
+            Qwen2ForCausalLM,
+            config,
+            folder,
+            device=device,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            zero_keys=frozenset(
+                _qkv_bias_keys(config.num_hidden_layers) if dream.get("attention_bias") is False else ()
+            ),
+        )
+        set_bidirectional(model)
+        return model, mask_token_id, True
     state = read_checkpoint(folder, device=device, dtype=dtype)
     if dream.get("attention_bias") is False:
         _add_zero_qkv_biases(state, config.num_hidden_layers)
@@ -93,12 +113,18 @@ def _add_zero_qkv_biases(state: dict[str, torch.Tensor], num_layers: int) -> Non
     A config that says ``attention_bias: false`` (Dream-format exports of Llama-family models) therefore
     means zero biases; filling them in keeps the strict key check meaningful for everything else.
     """
-    for layer in range(num_layers):
-        for proj in ("q_proj", "k_proj", "v_proj"):
-            prefix = f"model.layers.{layer}.self_attn.{proj}"
-            weight = state.get(f"{prefix}.weight")
-            if weight is not None and f"{prefix}.bias" not in state:
-                state[f"{prefix}.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+    for key in _qkv_bias_keys(num_layers):
+        weight = state.get(key.removesuffix(".bias") + ".weight")
+        if weight is not None and key not in state:
+            state[key] = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+
+
+def _qkv_bias_keys(num_layers: int) -> list[str]:
+    return [
+        f"model.layers.{layer}.self_attn.{proj}.bias"
+        for layer in range(num_layers)
+        for proj in ("q_proj", "k_proj", "v_proj")
+    ]
 
 
 # ---------------------------------------------------------------- saving
@@ -142,9 +168,13 @@ def dream_config_from_model(config: transformers.PreTrainedConfig, mask_token_id
 
 
 def _check_dream_compatible(model: PreTrainedModel) -> None:
-    config = model.config
-    if getattr(config, "is_causal", True) is not False:
+    if getattr(model.config, "is_causal", True) is not False:
         raise ValueError("the Dream format holds bidirectional drafters; set config.is_causal = False first")
+    check_dream_shape(model.config)
+
+
+def check_dream_shape(config: transformers.PreTrainedConfig) -> None:
+    """Refuse configs the Dream format cannot hold; reads only the config, so callers can check before loading."""
     if config.model_type not in ("qwen2", "llama"):
         raise ValueError(f"the Dream format is Qwen2-shaped; cannot write a {config.model_type!r} model")
     if config.model_type == "llama":

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from .weights import build_from_state_dict, read_checkpoint, set_bidirectional
+from .weights import build_from_state_dict, load_with_from_pretrained, read_checkpoint, set_bidirectional
 
 LLADA_MASK_TOKEN_ID = 126336  # <|mdm_mask|>
 
@@ -60,6 +60,11 @@ _TOP_NAMES = {
     "model.transformer.wte.weight": "model.embed_tokens.weight",
     "model.transformer.ln_f.weight": "model.norm.weight",
     "model.transformer.ff_out.weight": "lm_head.weight",
+}
+# The same renaming as llama_key_from_llada, as transformers' ``from_pretrained(key_mapping=...)`` regexes.
+LLADA_KEY_MAPPING = {
+    **{re.escape(old): new for old, new in _TOP_NAMES.items()},
+    **{rf"model\.transformer\.blocks\.(\d+)\.{old}\.": rf"model.layers.\1.{new}." for old, new in _BLOCK_NAMES.items()},
 }
 _BLOCK_KEY = re.compile(r"model\.transformer\.blocks\.(\d+)\.(\w+)\.(weight|bias)")
 
@@ -123,12 +128,30 @@ def load_llada(
     *,
     dtype: torch.dtype | None,
     device: torch.device,
+    quantization_config: Any | None = None,
 ) -> tuple[LlamaForCausalLM, int, bool]:
-    """Load a LLaDA folder strictly; returns (model, mask_token_id, shifted=False)."""
+    """Load a LLaDA folder strictly; returns (model, mask_token_id, shifted=False).
+
+    With a ``quantization_config`` (transformers' ``BitsAndBytesConfig``) the weights go through
+    ``from_pretrained`` with ``LLADA_KEY_MAPPING``, which quantizes them while loading.
+    """
     config = llama_config_from_llada(llada)
     mask_token_id = int(llada.get("mask_token_id", LLADA_MASK_TOKEN_ID))
     if not 0 <= mask_token_id < config.vocab_size:
         raise ValueError(f"LLaDA mask_token_id {mask_token_id} is outside the vocabulary [0, {config.vocab_size})")
+    if quantization_config is not None:
+        model = load_with_from_pretrained(
+            LlamaForCausalLM,
+            config,
+            folder,
+            device=device,
+            dtype=dtype,
+            quantization_config=quantization_config,
+            rename=llama_key_from_llada,
+            key_mapping=LLADA_KEY_MAPPING,
+        )
+        set_bidirectional(model)
+        return model, mask_token_id, False
     state = read_checkpoint(folder, rename=llama_key_from_llada, device=device, dtype=dtype)
     model = build_from_state_dict(LlamaForCausalLM, config, state, source=str(folder), device=device)
     set_bidirectional(model)

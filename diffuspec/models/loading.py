@@ -10,11 +10,16 @@ Dispatch is on ``config.json``'s ``model_type``, never on the path:
   ``diffuspec_config.json``; loaded with ``AutoModelForCausalLM``.
 - anything else only with ``trust_remote_code=True`` and explicit ``mask_token_id=`` and ``shifted=``.
 
+``quantization="8bit"`` / ``"4bit"`` loads any of them through bitsandbytes (an optional dependency:
+``pip install 'diffuspec[quant]'``): Dream-7B's weights take 8.7 / 5.9 GB instead of 15.2 GB in bf16 (the
+embedding and the LM head stay bf16).
+
 Shifted means the token at index s is read from output row s - 1 (method.md section 1).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -28,9 +33,41 @@ from .dream import load_dream, save_dream_format
 from .llada import load_llada
 from .weights import resolve_device, resolve_dtype, set_bidirectional
 
-__all__ = ["NATIVE_MARKER_FILE", "load_diffusion_model", "read_native_marker", "save_dream_format"]
+__all__ = [
+    "NATIVE_MARKER_FILE",
+    "QUANTIZATIONS",
+    "bitsandbytes_config",
+    "load_diffusion_model",
+    "read_native_marker",
+    "save_dream_format",
+]
 
 NATIVE_MARKER_FILE = "diffuspec_config.json"
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def bitsandbytes_config(quantization: str | None, dtype: torch.dtype | str | None = None) -> Any | None:
+    """transformers' ``BitsAndBytesConfig`` for ``"8bit"`` / ``"4bit"`` (``None``: no quantization).
+
+    Called before anything is downloaded or loaded, so a typo or a missing package fails in a second, not after
+    minutes of loading. 4-bit is NF4 with ``dtype`` (default bfloat16) as the compute dtype.
+    """
+    if quantization is None:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS} or None, got {quantization!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            f"quantization={quantization!r} needs the bitsandbytes package, which is not installed: "
+            "pip install 'bitsandbytes>=0.46.1' (or pip install 'diffuspec[quant]')"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=resolve_dtype(dtype) or torch.bfloat16
+    )
 
 
 def load_diffusion_model(
@@ -39,14 +76,21 @@ def load_diffusion_model(
     dtype: torch.dtype | str | None = None,
     device_map: str | int | torch.device | dict | None = None,
     trust_remote_code: bool = False,
+    quantization: str | None = None,
     **kwargs: Any,
 ) -> tuple[PreTrainedModel, int, bool]:
     """Load a diffusion LM from a folder (or Hub id) in eval mode; returns (model, mask_token_id, shifted).
 
     ``dtype=None`` keeps the stored dtype. Dream and LLaDA go to one device (``device_map`` may be a device,
     ``"auto"`` or ``{"": device}``) and accept only ``attn_implementation`` among ``kwargs``; the native and
-    remote-code paths pass ``device_map`` and ``kwargs`` on to ``from_pretrained``.
+    remote-code paths pass ``device_map`` and ``kwargs`` on to ``from_pretrained``. ``quantization`` is
+    ``None``, ``"8bit"`` or ``"4bit"`` (bitsandbytes; checked before any weight loads; with no ``device_map`` the
+    model goes to ``"auto"``, the accelerator).
     """
+    quantization_config = bitsandbytes_config(quantization, dtype)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        device_map = "auto" if device_map is None else device_map  # bitsandbytes kernels want an accelerator
     folder = Path(resolve_local(path))
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -59,11 +103,16 @@ def load_diffusion_model(
         return _load_native(folder, marker, dtype, device_map, kwargs)
     if model_type in ("Dream", "dream", "llada"):
         attn_implementation = kwargs.pop("attn_implementation", None)
+        kwargs.pop("quantization_config", None)
         if kwargs:
             raise TypeError(f"unexpected keyword arguments for a {model_type} checkpoint: {sorted(kwargs)}")
         loader = load_dream if model_type.lower() == "dream" else load_llada
         model, mask_token_id, shifted = loader(
-            folder, raw, dtype=resolve_dtype(dtype), device=resolve_device(device_map)
+            folder,
+            raw,
+            dtype=resolve_dtype(dtype),
+            device=resolve_device(device_map),
+            quantization_config=quantization_config,
         )
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)

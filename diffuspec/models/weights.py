@@ -2,8 +2,10 @@
 
 Loading never random-initialises a 7B model first: the model is built on the meta device, every checkpoint
 tensor is checked against the expected name and shape (missing, unexpected or mis-shaped keys all fail
-loudly, nanoGPT-style), then assigned in place. Saving writes to a temporary folder and renames it, so a
-crash never leaves a half-written checkpoint behind.
+loudly, nanoGPT-style), then assigned in place. Quantized loading goes through transformers' own
+``from_pretrained`` (bitsandbytes quantizes while loading), after the same name and shape check on the safetensors
+headers alone. Saving writes to a temporary folder and renames it, so a crash never leaves a half-written
+checkpoint behind.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -181,6 +184,62 @@ def build_from_state_dict(
     if leftovers:
         raise RuntimeError(f"tensors left on the meta device after loading {source}: {_listing(leftovers)}")
     model.config.dtype = next(model.parameters()).dtype
+    return model.eval()
+
+
+def checkpoint_shapes(
+    folder: str | os.PathLike, rename: Callable[[str], str] = lambda name: name
+) -> dict[str, torch.Tensor]:
+    """Every tensor of a folder as an empty meta tensor of its shape, read from the headers (no weights load)."""
+    shapes: dict[str, torch.Tensor] = {}
+    for path in checkpoint_files(folder):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                key = rename(name)
+                if key in shapes:
+                    raise ValueError(f"two checkpoint tensors map onto {key!r} (the second is {name!r})")
+                shapes[key] = torch.empty(handle.get_slice(name).get_shape(), device="meta")
+    return shapes
+
+
+def load_with_from_pretrained(
+    model_class: type[PreTrainedModel],
+    config: PreTrainedConfig,
+    folder: str | os.PathLike,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    quantization_config: Any | None,
+    rename: Callable[[str], str] = lambda name: name,
+    key_mapping: dict[str, str] | None = None,
+    zero_keys: frozenset[str] = frozenset(),
+) -> PreTrainedModel:
+    """Load a mapped checkpoint through ``model_class.from_pretrained`` (the path bitsandbytes quantizes on).
+
+    The names and shapes are checked first, from the safetensors headers, as strictly as ``build_from_state_dict``
+    checks them; ``key_mapping`` (transformers' regex renaming) must rename exactly as ``rename`` does.
+    ``zero_keys`` are expected parameters the checkpoint may lack and that mean zero (Dream's q/k/v biases).
+    """
+    with torch.device("meta"):
+        expected = {key: tensor.shape for key, tensor in model_class(config).state_dict().items()}
+    if getattr(config, "tie_word_embeddings", False):
+        expected.pop("lm_head.weight", None)
+    shapes = checkpoint_shapes(folder, rename)
+    if getattr(config, "tie_word_embeddings", False):
+        shapes.pop("lm_head.weight", None)
+    absent = {key for key in zero_keys if key not in shapes}
+    check_state_dict({k: v for k, v in expected.items() if k not in absent}, shapes, str(folder))
+    model = model_class.from_pretrained(
+        folder,
+        config=config,
+        dtype=dtype or "auto",
+        device_map={"": device},
+        quantization_config=quantization_config,
+        key_mapping=key_mapping,
+    )
+    with torch.no_grad():
+        for key in absent:
+            model.get_parameter(key).zero_()
     return model.eval()
 
 

@@ -1,6 +1,7 @@
 """``diffuspec quickstart``: the whole pipeline on a laptop CPU, from nothing to a speed table.
 
-corpus -> verifier -> ar_drafter -> drafter_unaligned -> data -> proxy -> drafter_aligned -> eval
+corpus -> verifier -> ar_drafter -> drafter_unaligned -> data -> proxy -> drafter_aligned -> drafter_conditioned
+-> eval
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import stages as s
+from .conditioned import build_drafter_conditioned
 from .config import QuickstartConfig, load_preset
 from .pipeline import Stage, run_stages
 
@@ -31,7 +33,15 @@ STAGES = [
         "data",
         ("corpus", "verifier"),
         s.build_data,
-        ("data_prompts", "prompt_tokens", "completion_tokens", "eval_prompts", "eval_prompt_tokens", "seed"),
+        (
+            "data_prompts",
+            "prompt_tokens",
+            "completion_tokens",
+            "teacher_topk",
+            "eval_prompts",
+            "eval_prompt_tokens",
+            "seed",
+        ),
     ),
     Stage("proxy", ("corpus", "data"), s.build_proxy, ("block_size",)),
     Stage(
@@ -41,8 +51,23 @@ STAGES = [
         ("align_steps", "prompt_tokens", "completion_tokens", "batch_size", "seed"),
     ),
     Stage(
+        "drafter_conditioned",
+        ("verifier", "data"),
+        build_drafter_conditioned,
+        ("conditioned_layers", "conditioned_steps", "batch_size", "seed"),
+    ),
+    Stage(
         "eval",
-        ("corpus", "verifier", "ar_drafter", "drafter_unaligned", "data", "proxy", "drafter_aligned"),
+        (
+            "corpus",
+            "verifier",
+            "ar_drafter",
+            "drafter_unaligned",
+            "data",
+            "proxy",
+            "drafter_aligned",
+            "drafter_conditioned",
+        ),
         s.build_eval,
         ("eval_prompt_tokens", "max_new_tokens", "repeats", "draft_window", "eval_threads"),
     ),

@@ -42,7 +42,12 @@ class QuickstartConfig:
     data_prompts: int = 400
     prompt_tokens: int = 64
     completion_tokens: int = 64
+    teacher_topk: int = field(
+        default=32, metadata={"help": "Verifier top-k log-probs stored with the data (0: the trainer runs it online)."}
+    )
     align_steps: int = 400
+    conditioned_layers: int = field(default=1, metadata={"help": "Layers of the feature-conditioned drafter."})
+    conditioned_steps: int = 400
     # evaluation
     eval_prompts: int = 20
     eval_prompt_tokens: int = 128

@@ -3,31 +3,39 @@
 Each step the frozen verifier reads the batch (prompt + completion) once and returns the features of the
 drafter's ``feature_layers``; a few anchors per sequence are drawn among the completion positions and the
 drafter predicts, in one pass, the ``block_size`` tokens after every anchor. The objective is block
-cross-entropy with DFlash's position decay ``exp(-(i-1)/gamma)`` plus, optionally, the expected accepted streak
-(``losses.streak_loss`` over ``losses.log_greedy_success``), which is what greedy verification rewards.
+cross-entropy with DFlash's position decay ``exp(-(i-1)/gamma)`` plus, optionally, forward KL to the verifier's
+own next-token distributions (its logits come from the same pass as the features) and the expected accepted
+streak (``losses.streak_loss`` over ``losses.log_greedy_success``), which is what greedy verification rewards.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import datasets
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
+from ..hub import resolve_local, write_diffuspec_config
 from ..models.conditioned import (
     ConditionedDrafterConfig,
     ConditionedDrafterModel,
     block_targets,
-    verifier_features,
+    verifier_features_and_logits,
 )
+from .checkpoints import AtomicCheckpointMixin
+from .config import DataArguments, parse_config
+from .inputs import check_examples, load_examples
 from .losses import (
     IGNORE_INDEX,
     block_ce_loss,
+    distillation_loss,
     drafter_logprobs,
     log_greedy_success,
     position_decay_weights,
@@ -37,10 +45,16 @@ from .losses import (
 __all__ = [
     "ConditionedCollator",
     "ConditionedDrafterTrainer",
+    "ConditionedModelArguments",
+    "ConditionedTrainingConfig",
     "completion_mask",
+    "parse_conditioned_config",
+    "run_conditioned_training",
     "sample_anchors",
     "train_conditioned_drafter",
 ]
+
+logger = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.json"  # the Trainer's log history, written next to the saved drafter
 
@@ -53,16 +67,27 @@ class ConditionedCollator:
     so padding after a sequence changes none of its features)."""
 
     pad_token_id: int = 0
+    max_prompt_length: int | None = None  # keep the last N prompt tokens
+    max_completion_length: int | None = None  # keep the first N completion tokens
+
+    def _cut(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+        prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
+        if self.max_prompt_length is not None:
+            prompt = prompt[-self.max_prompt_length :]
+        if self.max_completion_length is not None:
+            completion = completion[: self.max_completion_length]
+        return prompt, completion
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        sequences = [list(row["prompt_ids"]) + list(row["completion_ids"]) for row in rows]
+        parts = [self._cut(row) for row in rows]
+        sequences = [prompt + completion for prompt, completion in parts]
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, sequence in enumerate(sequences):
             input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
             attention_mask[i, : len(sequence)] = 1
-        prompt_lengths = torch.tensor([len(row["prompt_ids"]) for row in rows], dtype=torch.long)
+        prompt_lengths = torch.tensor([len(prompt) for prompt, _ in parts], dtype=torch.long)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_lengths": prompt_lengths}
 
 
@@ -92,11 +117,26 @@ def sample_anchors(
     return anchors, (spans > 0)[:, None].expand(-1, count)
 
 
-class ConditionedDrafterTrainer(Trainer):
+def verifier_dtype(args: TrainingArguments) -> torch.dtype:
+    """The frozen verifier runs in bf16 when training does (an 8B verifier in float32 would not fit beside the
+    drafter), else in float32."""
+    return torch.bfloat16 if args.bf16 else torch.float32
+
+
+def slot_logits(logits: torch.Tensor, anchors: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Verifier logits ``[B, T, V]`` -> ``[B, A, block_size, V]``: slot i of anchor a targets the token at a + 1 + i,
+    which the causal verifier predicts at position a + i (clamped at the end; those slots are masked out)."""
+    positions = (anchors[..., None] + torch.arange(block_size, device=anchors.device)).clamp(max=logits.shape[1] - 1)
+    index = positions.flatten(1)[..., None].expand(-1, -1, logits.shape[-1])
+    return torch.gather(logits, 1, index).view(*positions.shape, logits.shape[-1])
+
+
+class ConditionedDrafterTrainer(AtomicCheckpointMixin, Trainer):
     """A Trainer whose loss drafts blocks after sampled completion anchors, conditioned on a frozen verifier.
 
     The verifier is held here, not in the model: only its embedding and LM head are lent to the drafter (frozen),
-    and its features are computed without gradient on every batch."""
+    and its features are computed without gradient on every batch. Checkpoints are atomic (a kill never leaves a
+    broken ``checkpoint-N``) and resume through the Trainer as usual."""
 
     def __init__(
         self,
@@ -106,32 +146,46 @@ class ConditionedDrafterTrainer(Trainer):
         *,
         anchors_per_sequence: int = 8,
         decay_gamma: float | None = None,
+        kl_weight: float = 0.0,
         streak_weight: float = 0.0,
         **kwargs,
     ) -> None:
         if anchors_per_sequence < 1:
             raise ValueError(f"anchors_per_sequence must be >= 1, got {anchors_per_sequence}")
-        if streak_weight < 0:
-            raise ValueError(f"streak_weight must be >= 0, got {streak_weight}")
+        for name, weight in (("kl_weight", kl_weight), ("streak_weight", streak_weight)):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}")
         position_decay_weights(1, decay_gamma)  # validates gamma before any training
         super().__init__(model=model, args=args, **kwargs)
-        self.verifier = verifier_model.to(device=self.args.device, dtype=torch.float32).eval().requires_grad_(False)
+        dtype = verifier_dtype(self.args)
+        self.verifier = verifier_model.to(device=self.args.device, dtype=dtype).eval().requires_grad_(False)
         model.attach_verifier(self.verifier)
         self.anchors_per_sequence = anchors_per_sequence
         self.decay_gamma = decay_gamma
+        self.kl_weight = kl_weight
         self.streak_weight = streak_weight
-        self.anchor_generator = torch.Generator().manual_seed(args.seed)
+        self._anchor_step, self._anchor_calls = -1, 0
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
+
+    def _anchor_rng(self) -> torch.Generator:
+        """A generator seeded by (seed, step, micro-batch): a resumed run draws the anchors the uninterrupted run
+        drew, so its losses match step for step."""
+        if self._anchor_step != self.state.global_step:
+            self._anchor_step, self._anchor_calls = self.state.global_step, 0
+        self._anchor_calls += 1
+        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 101 + self._anchor_calls
+        return torch.Generator().manual_seed(seed)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         prompt_lengths = inputs["prompt_lengths"]
         config = self.model.config  # the unwrapped drafter (model may be a DDP wrapper)
-        with torch.no_grad():
-            features = verifier_features(self.verifier, input_ids, config.feature_layers, attention_mask)
+        features, verifier_logits = verifier_features_and_logits(
+            self.verifier, input_ids, config.feature_layers, attention_mask, all_logits=self.kl_weight > 0
+        )
         anchors, anchor_ok = sample_anchors(
-            prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.anchors_per_sequence, self.anchor_generator
+            prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.anchors_per_sequence, self._anchor_rng()
         )
         anchors, anchor_ok = anchors.to(input_ids.device), anchor_ok.to(input_ids.device)
         out = model(features=features, input_ids=input_ids, anchor_positions=anchors, compute_logits=True)
@@ -147,6 +201,11 @@ class ConditionedDrafterTrainer(Trainer):
         ce = block_ce_loss(logprobs, labels, weights)
         loss = ce
         terms = {"block_ce": ce.detach()}
+        if self.kl_weight > 0:
+            teacher = drafter_logprobs(slot_logits(verifier_logits, anchors, k), config.mask_token_id)
+            kl = distillation_loss(logprobs, teacher.reshape_as(logprobs), valid, "forward", slot_weights=weights)
+            loss = loss + self.kl_weight * kl
+            terms["kl"] = kl.detach()
         if self.streak_weight > 0:
             streak = streak_loss(log_greedy_success(logprobs, labels), valid)
             loss = loss + self.streak_weight * streak
@@ -165,27 +224,126 @@ class ConditionedDrafterTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _training_args(
-    output_dir: Path, max_steps: int, batch_size: int, learning_rate: float, seed: int
-) -> TrainingArguments:
-    """The fixed recipe: cosine schedule with 5% warmup, a log every ~10% of the steps, no checkpoints."""
-    return TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
-        learning_rate=learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=math.ceil(0.05 * max_steps),
-        logging_steps=max(1, max_steps // 10),
-        save_strategy="no",
-        report_to="none",
-        use_cpu=not torch.cuda.is_available(),
-        remove_unused_columns=False,
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+@dataclass
+class ConditionedModelArguments:
+    """The verifier to condition on and the drafter's shape (or a saved drafter to continue from)."""
+
+    verifier_name_or_path: str = field(metadata={"help": "Verifier folder or Hub id (also gives the tokenizer)."})
+    drafter_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved conditioned drafter to continue from (null: a new one)."}
     )
+    num_hidden_layers: int = field(default=1, metadata={"help": "Drafter layers (1-5)."})
+    block_size: int = field(default=8, metadata={"help": "Mask slots per block: the largest draft length k."})
+    feature_layers: list[int] | None = field(
+        default=None, metadata={"help": "Verifier hidden-state indices to fuse (null: three spread low/mid/high)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_hidden_layers <= 5:
+            raise ValueError(f"num_hidden_layers must be in 1..5, got {self.num_hidden_layers}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+
+
+@dataclass
+class ConditionedTrainingConfig(TrainingArguments):
+    """``TrainingArguments`` plus the conditioned objective: block CE with position decay, forward KL to the
+    verifier and the expected accepted streak, each weighted."""
+
+    anchors_per_sequence: int = field(default=8, metadata={"help": "Blocks drafted per training sequence."})
+    decay_gamma: float | None = field(default=None, metadata={"help": "Slot i weighs exp(-(i-1)/gamma); null: 1."})
+    kl_weight: float = field(default=0.0, metadata={"help": "Forward KL to the verifier's next-token distributions."})
+    streak_weight: float = field(default=0.0, metadata={"help": "Expected accepted streak under greedy checking."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.remove_unused_columns = False  # the collator reads prompt_ids / completion_ids itself
+        if self.anchors_per_sequence < 1:
+            raise ValueError(f"anchors_per_sequence must be >= 1, got {self.anchors_per_sequence}")
+        for name in ("kl_weight", "streak_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        position_decay_weights(1, self.decay_gamma)  # refuses gamma <= 0 before any model loads
+
+
+CONDITIONED_CONFIG_CLASSES = (ConditionedModelArguments, DataArguments, ConditionedTrainingConfig)
+
+
+def parse_conditioned_config(
+    argv: list[str] | None = None,
+) -> tuple[ConditionedModelArguments, DataArguments, ConditionedTrainingConfig]:
+    """``--config file.yaml`` plus ``--key value`` overrides, unknown keys refused (as ``parse_config``)."""
+    return parse_config(argv, CONDITIONED_CONFIG_CLASSES)
+
+
+def run_conditioned_training(
+    model_args: ConditionedModelArguments, data_args: DataArguments, training_args: ConditionedTrainingConfig
+) -> ConditionedDrafterTrainer:
+    """Check the data and tokenizer, build (or load) the drafter, train (resuming from the last checkpoint in
+    ``output_dir``), and save the drafter, the verifier's tokenizer, ``diffuspec_config.json`` and ``train_log.json``
+    in ``output_dir``; the folder loads with ``ConditionedDrafter.from_pretrained`` and pushes with ``diffuspec push``."""
+    dataset = load_examples(data_args.dataset_path)
+    check_examples(dataset, f"dataset_path {data_args.dataset_path}")
+    verifier_path = resolve_local(model_args.verifier_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(verifier_path)
+    if tokenizer.mask_token_id is None:
+        raise ValueError(
+            f"the tokenizer of {model_args.verifier_name_or_path} has no mask token; the drafter's slots need one "
+            "(add one, e.g. tokenizer.add_special_tokens({'mask_token': '<|mask|>'}), within the embedding rows)"
+        )
+    verifier = AutoModelForCausalLM.from_pretrained(verifier_path, dtype=verifier_dtype(training_args)).eval()
+    if model_args.drafter_name_or_path is not None:
+        model = ConditionedDrafterModel.from_pretrained(resolve_local(model_args.drafter_name_or_path))
+        model.attach_verifier(verifier)
+    else:
+        config = ConditionedDrafterConfig.for_verifier(
+            verifier.config,
+            mask_token_id=int(tokenizer.mask_token_id),
+            num_hidden_layers=model_args.num_hidden_layers,
+            block_size=model_args.block_size,
+            feature_layers=model_args.feature_layers,
+            verifier_name=model_args.verifier_name_or_path,
+        )
+        torch.manual_seed(training_args.seed)
+        model = ConditionedDrafterModel(config, verifier=verifier)
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info(f"Checkpoint detected, resuming training at {checkpoint}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = ConditionedDrafterTrainer(
+        model,
+        training_args,
+        verifier,
+        anchors_per_sequence=training_args.anchors_per_sequence,
+        decay_gamma=training_args.decay_gamma,
+        kl_weight=training_args.kl_weight,
+        streak_weight=training_args.streak_weight,
+        train_dataset=dataset,
+        data_collator=ConditionedCollator(
+            pad_token_id=int(pad),
+            max_prompt_length=data_args.max_prompt_length,
+            max_completion_length=data_args.max_completion_length,
+        ),
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)  # weights, config and the tokenizer (processing_class)
+    if trainer.args.should_save:
+        out = Path(training_args.output_dir)
+        objectives = {"block_ce": 1.0, "kl": training_args.kl_weight, "streak": training_args.streak_weight}
+        write_diffuspec_config(
+            out,
+            mask_token_id=model.config.mask_token_id,
+            shifted=False,  # slot i is read from its own row: it predicts the token at anchor + 1 + i
+            verifier=model_args.verifier_name_or_path,
+            verifier_vocab_size=int(model.config.vocab_size),
+            objectives={name: weight for name, weight in objectives.items() if weight > 0},
+        )
+        (out / LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=1))
+    trainer.accelerator.wait_for_everyone()
+    return trainer
 
 
 def train_conditioned_drafter(
@@ -200,42 +358,40 @@ def train_conditioned_drafter(
     learning_rate: float,
     anchors_per_sequence: int = 8,
     decay_gamma: float | None = None,
+    kl_weight: float = 0.0,
     streak_weight: float = 0.0,
     seed: int = 0,
     feature_layers: list[int] | None = None,
 ) -> Path:
-    """Train a conditioned drafter for the verifier folder on an alignment dataset; save it (plus the verifier's
-    tokenizer and ``train_log.json``) in ``output_dir``, loadable with ``ConditionedDrafter.from_pretrained``."""
+    """:func:`run_conditioned_training` with a fixed small recipe (cosine schedule with 5% warmup, a log every ~10%
+    of the steps, no checkpoints): the quickstart's and the tests' entry point."""
     output_dir = Path(output_dir)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(verifier_path)
-    if tokenizer.mask_token_id is None:
-        raise ValueError(f"the tokenizer of {verifier_path} has no mask token; the drafter's slots need one")
-    verifier = AutoModelForCausalLM.from_pretrained(verifier_path, dtype=torch.float32).eval()
-    config = ConditionedDrafterConfig.for_verifier(
-        verifier.config,
-        mask_token_id=int(tokenizer.mask_token_id),
+    training_args = ConditionedTrainingConfig(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.05 * max_steps),
+        logging_steps=max(1, max_steps // 10),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        anchors_per_sequence=anchors_per_sequence,
+        decay_gamma=decay_gamma,
+        kl_weight=kl_weight,
+        streak_weight=streak_weight,
+    )
+    model_args = ConditionedModelArguments(
+        verifier_name_or_path=str(verifier_path),
         num_hidden_layers=num_layers,
         block_size=block_size,
         feature_layers=feature_layers,
     )
-    torch.manual_seed(seed)
-    model = ConditionedDrafterModel(config, verifier=verifier)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    trainer = ConditionedDrafterTrainer(
-        model,
-        _training_args(output_dir, max_steps, batch_size, learning_rate, seed),
-        verifier,
-        anchors_per_sequence=anchors_per_sequence,
-        decay_gamma=decay_gamma,
-        streak_weight=streak_weight,
-        train_dataset=datasets.load_from_disk(str(dataset_path)),
-        data_collator=ConditionedCollator(pad_token_id=int(pad)),
-    )
-    trainer.train()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if (output_dir / "trainer").is_dir() and not any((output_dir / "trainer").iterdir()):
-        (output_dir / "trainer").rmdir()  # the Trainer's output_dir; nothing is checkpointed into it
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    (output_dir / LOG_FILE).write_text(json.dumps(trainer.state.log_history, indent=1))
+    data_args = DataArguments(dataset_path=[str(dataset_path)], max_prompt_length=None, max_completion_length=None)
+    run_conditioned_training(model_args, data_args, training_args)
     return output_dir

@@ -10,11 +10,14 @@ legal range in the message. (No ``from __future__ import annotations`` here: HfA
 """
 
 import argparse
+import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import transformers
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -289,26 +292,38 @@ def _read_yaml(path: str) -> dict[str, Any]:
     return data
 
 
-def parse_config(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataArguments, DrafterTrainingConfig]:
-    """``--config file.yaml`` sets defaults, CLI ``--key value`` flags override; unknown keys raise ValueError."""
+def parse_config(argv: list[str] | None = None, classes: tuple[type, ...] = CONFIG_CLASSES) -> tuple[Any, ...]:
+    """``--config file.yaml`` sets defaults, CLI ``--key value`` flags override; unknown keys raise ValueError.
+    Returns one instance of each of ``classes`` (by default: model, data and training arguments)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
 
-    parser = HfArgumentParser(CONFIG_CLASSES)
+    parser = HfArgumentParser(classes)
     if known.config is not None:
         values = _read_yaml(known.config)
         destinations = {action.dest for action in parser._actions}
         unknown = sorted(set(values) - destinations)
         _check(
             not unknown,
-            f"{known.config}: unknown keys {unknown} (not fields of {[c.__name__ for c in CONFIG_CLASSES]})",
+            f"{known.config}: unknown keys {unknown} (not fields of {[c.__name__ for c in classes]})",
         )
         for action in parser._actions:
             if action.dest in values:
                 action.default = values[action.dest]
                 action.required = False
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False)
-    return model_args, data_args, training_args
+    return tuple(parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False))
+
+
+def configure_logging(logger: logging.Logger, training_args: TrainingArguments, *arg_groups: Any) -> None:
+    """The training scripts' logging: timestamps on stdout, INFO on the main process only (transformers' own
+    verbosity follows ``training_args``), then the parsed argument groups, so a log records its run."""
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    transformers.utils.logging.set_verbosity(training_args.get_process_log_level())
+    for group in arg_groups:
+        logger.info(f"{type(group).__name__} {group}")

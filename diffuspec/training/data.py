@@ -91,8 +91,12 @@ class DataGenerationConfig:
         default=0, metadata={"help": "Store the verifier's top-K log-probs per completion token (0: none)."}
     )
     chunk_size: int = field(default=16, metadata={"help": "Rows per shard append (a kill loses at most one chunk)."})
-    backend: Literal["diffuspec", "vllm"] = field(
-        default="diffuspec", metadata={"help": "diffuspec: exact plain decoding, batch 1; vllm: needs vLLM installed."}
+    backend: Literal["diffuspec", "transformers", "vllm"] = field(
+        default="diffuspec",
+        metadata={
+            "help": "diffuspec: exact plain decoding, batch 1; transformers: batched generate, one batch per chunk "
+            "(greedy only); vllm: needs vLLM installed."
+        },
     )
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM only: GPUs per model replica."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
@@ -117,7 +121,15 @@ class DataGenerationConfig:
         )
         _check(self.teacher_topk >= 0, f"teacher_topk must be >= 0 (0: none), got {self.teacher_topk}")
         _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
-        _check(self.backend in ("diffuspec", "vllm"), f"backend must be diffuspec or vllm, got {self.backend!r}")
+        _check(
+            self.backend in ("diffuspec", "transformers", "vllm"),
+            f"backend must be diffuspec, transformers or vllm, got {self.backend!r}",
+        )
+        _check(
+            self.backend != "transformers" or self.temperature == 0,
+            "--backend transformers generates greedily only (batched sampling could not reproduce per-row seeds); "
+            "use --backend diffuspec to sample",
+        )
         _check(self.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         _check(self.tensor_parallel_size >= 1, f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         _check(
@@ -386,6 +398,52 @@ class DecoderBackend:
         return make_record(row, completion, topk)
 
 
+class BatchedBackend:
+    """Greedy continuations of a whole chunk in one left-padded ``generate`` call: several times faster than batch 1
+    on a CPU. Padding changes the floating-point sums, so a near-tie argmax can differ from batch-1 decoding;
+    fine for training data, which is why the exact backend stays the default."""
+
+    def __init__(self, model: torch.nn.Module, config: DataGenerationConfig, eos: tuple[int, ...], pad: int) -> None:
+        self.model, self.config, self.eos, self.pad = model, config, eos, pad
+
+    def __call__(self, rows: Sequence[PromptRow]) -> list[dict[str, Any]]:
+        from transformers import GenerationConfig
+
+        width = max(len(row.prompt_ids) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
+            attention_mask[i, width - len(row.prompt_ids) :] = 1
+        greedy = GenerationConfig(
+            do_sample=False,
+            max_new_tokens=self.config.max_new_tokens,
+            eos_token_id=list(self.eos) or None,
+            pad_token_id=self.pad,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids.to(self.model.device),
+                attention_mask=attention_mask.to(self.model.device),
+                generation_config=greedy,
+            )
+        records = []
+        for row, generated in zip(rows, out[:, width:].tolist(), strict=True):
+            completion = _cut_after_eos(generated, self.eos)
+            k = self.config.teacher_topk
+            topk = teacher_topk(self.model, row.prompt_ids, completion, k) if k else None
+            records.append(make_record(row, completion, topk))
+        return records
+
+
+def _cut_after_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
+    """Keep tokens up to and including the first EOS (what follows is padding)."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
 class VLLMBackend:
     """vLLM generation (batched per chunk, per-row seeds) with raw top-K log-probs. Untested in CI.
 
@@ -462,6 +520,8 @@ def build_backend(config: DataGenerationConfig, verifier_path: str, eos: tuple[i
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(verifier_path, dtype=DTYPES[config.dtype], device_map=device)
+    if config.backend == "transformers":
+        return BatchedBackend(model.eval(), config, eos, pad=eos[0] if eos else 0)
     return DecoderBackend(model.eval(), config, eos)
 
 

@@ -6,9 +6,7 @@ The base class keeps the loop, accumulation, DDP / DeepSpeed / FSDP, schedules a
   ``drafter_objectives``, a stop on a non-finite loss (before the optimizer step, naming the step) and per-term
   bookkeeping;
 - ``log``: the averaged terms join the Trainer's own loss log (``loss/ce``, ``block/greedy_accepted``, ...);
-- ``_save_checkpoint``: checkpoints are written to a hidden staging folder and renamed into place, so an interrupted
-  save never leaves a broken ``checkpoint-N`` (``get_last_checkpoint`` ignores the staging name), and weights that
-  went non-finite are never saved;
+- atomic checkpoints and no non-finite weights saved (``checkpoints.AtomicCheckpointMixin``);
 - ``_save``: each saved model folder gets the diffuspec marker (mask id, shift), so checkpoints load with
   ``diffuspec.models.loading.load_diffusion_model`` and ``DiffusionDrafter.from_pretrained``.
 """
@@ -17,16 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from ..models.loading import NATIVE_MARKER_FILE
 from .callbacks import AcceptanceCallback, CollatorEpochCallback
+from .checkpoints import AtomicCheckpointMixin, NonFiniteLossError
 from .collator import TEACHER_COLUMNS, DrafterCollator
 from .config import DrafterTrainingConfig
 from .losses import (
@@ -49,11 +46,6 @@ from .teacher import OfflineTeacher, OnlineTeacher, TeacherTargets
 
 #: Objective name -> its weight field on DrafterTrainingConfig.
 OBJECTIVE_WEIGHTS = {"ce": "ce_weight", "block_ce": "block_ce_weight", "kl": "kl_weight", "streak": "streak_weight"}
-STAGING_PREFIX = ".partial-"
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/inf loss or non-finite weights; nothing was stepped or saved after it."""
 
 
 def write_drafter_marker(folder: str | os.PathLike, mask_token_id: int, shifted: bool) -> None:
@@ -125,7 +117,7 @@ def drafter_objectives(
     return terms, metrics
 
 
-class DrafterTrainer(Trainer):
+class DrafterTrainer(AtomicCheckpointMixin, Trainer):
     """Trains a diffusion drafter with the objective mix of ``DrafterTrainingConfig``.
 
     ``verifier_model`` serves as the online teacher when an objective needs the verifier's distributions and the
@@ -223,12 +215,6 @@ class DrafterTrainer(Trainer):
             f"Stopped before the optimizer step, so no weights or checkpoints changed; {self._last_checkpoint_hint()}"
         )
 
-    def _last_checkpoint_hint(self) -> str:
-        last = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
-        if last is None:
-            return "no checkpoint was saved yet."
-        return f"the last good checkpoint is {last}: resume with --resume_from_checkpoint {last} (lower the lr?)."
-
     # -- logging ----------------------------------------------------------------------------------------------
 
     def _accumulate(self, values: dict[str, torch.Tensor]) -> None:
@@ -249,56 +235,6 @@ class DrafterTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- saving -----------------------------------------------------------------------------------------------
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """Write ``checkpoint-N`` into ``.partial-checkpoint-N`` and rename it into place once complete."""
-        self._check_weights_finite(model)
-        run_dir = self._get_output_dir(trial=trial)
-        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging_root = os.path.join(run_dir, STAGING_PREFIX + name)
-        if self.args.should_save and os.path.exists(staging_root):
-            shutil.rmtree(staging_root)  # left by an interrupted save of this same step
-        self.accelerator.wait_for_everyone()
-        self._staging_root = staging_root
-        try:
-            super()._save_checkpoint(model, trial)  # writes staging_root/checkpoint-N (see _get_output_dir)
-        finally:
-            self._staging_root = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            staged = os.path.join(staging_root, name)
-            if self.state.best_model_checkpoint == staged:
-                self.state.best_model_checkpoint = final
-                self.state.save_to_json(os.path.join(staged, "trainer_state.json"))
-            if os.path.exists(final):  # a re-save of the same step: move the old one aside first
-                os.replace(final, os.path.join(staging_root, "old"))
-            os.replace(staged, final)  # atomic on one filesystem
-            shutil.rmtree(staging_root)
-            self._rotate_checkpoints(run_dir)
-        self.accelerator.wait_for_everyone()
-
-    def _get_output_dir(self, trial) -> str:
-        staging = getattr(self, "_staging_root", None)
-        return staging if staging is not None else super()._get_output_dir(trial)
-
-    def _rotate_checkpoints(self, run_dir: str) -> None:
-        rotate_checkpoints(
-            output_dir=run_dir,
-            save_total_limit=self.args.save_total_limit,
-            best_model_checkpoint=self.state.best_model_checkpoint,
-        )
-
-    def _check_weights_finite(self, model: nn.Module) -> None:
-        flags = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.numel()]
-        bad = (~torch.stack(flags).all()).float() if flags else torch.zeros((), device=self.args.device)
-        if self.accelerator.num_processes > 1:
-            bad = self.accelerator.reduce(bad.to(self.args.device), reduction="sum")
-        if bad.item():
-            raise NonFiniteLossError(
-                f"weights are non-finite at step {self.state.global_step} (an inf/NaN gradient); refusing to save "
-                f"them over a checkpoint. {self._last_checkpoint_hint()}"
-            )
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
