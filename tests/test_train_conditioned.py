@@ -235,3 +235,61 @@ def test_bad_settings_are_refused_before_any_model_loads(setup, tmp_path):
         recipe = tmp_path / "r.yaml"
         recipe.write_text("verifier_name_or_path: v\ndataset_path: [d]\noutput_dir: o\nlerning_rate: 1\n")
         parse_conditioned_config(["--config", str(recipe)])
+
+
+# ---------------------------------------------------------------- offline features
+
+
+def test_offline_features_resume_and_train_like_online(setup, tmp_path):
+    """Precomputed features equal the verifier's own (float32), a killed precompute resumes to the same shards,
+    and offline training reproduces the online run's losses (no KL: offline features carry no distributions)."""
+    from diffuspec.models.conditioned import verifier_features
+    from diffuspec.training.conditioned import run_conditioned_training
+    from diffuspec.training.features import FeatureStore, precompute_features, shard_path
+
+    root, _, verifier, prompts, completions = setup
+    dataset = datasets.load_from_disk(str(root / "dataset"))
+    logs = []
+    cuts = dict(max_prompt_length=512, max_completion_length=512)  # the training defaults (DataArguments)
+    kw = dict(feature_layers=[1, 2], dtype="float32", shard_rows=5, log=logs.append, **cuts)
+    precompute_features(verifier, str(root / "verifier"), dataset, tmp_path / "f", **kw)
+    assert "GB in 3 shards" in logs[0] and f"{ROWS * (PROMPT_LEN + COMPLETION_LEN):,} tokens" in logs[0]
+    store = FeatureStore(tmp_path / "f")
+    for i in (0, 7, ROWS - 1):
+        ids = torch.tensor([prompts[i] + completions[i]])
+        torch.testing.assert_close(store[i], verifier_features(verifier, ids, [1, 2])[0])
+
+    first = shard_path(tmp_path / "f", 1).read_bytes()
+    shard_path(tmp_path / "f", 1).unlink()  # a kill before shard 1 was renamed into place
+    shard_path(tmp_path / "f", 1).with_suffix(".tmp").write_bytes(b"torn")
+    with pytest.raises(FileNotFoundError, match="lacks 1 of 3 shards"):
+        FeatureStore(tmp_path / "f")
+    precompute_features(verifier, str(root / "verifier"), dataset, tmp_path / "f", **kw)
+    assert shard_path(tmp_path / "f", 1).read_bytes() == first
+    with pytest.raises(ValueError, match="other settings"):
+        precompute_features(verifier, str(root / "verifier"), dataset, tmp_path / "f", **{**kw, "shard_rows": 4})
+
+    no_kl = dict(kl_weight=0.0, max_steps=3, save_steps=100)
+    run_conditioned_training(*script_args(root, tmp_path / "online", **no_kl))
+    run_conditioned_training(*script_args(root, tmp_path / "offline", **no_kl, features_path=tmp_path / "f"))
+    online, offline = step_losses(tmp_path / "online"), step_losses(tmp_path / "offline")
+    for step in (1, 2, 3):
+        assert offline[step]["loss"] == pytest.approx(online[step]["loss"], rel=1e-5), step
+    with pytest.raises(ValueError, match="offline features do not carry"):
+        run_conditioned_training(*script_args(root, tmp_path / "x", features_path=tmp_path / "f"))
+    with pytest.raises(ValueError, match="computed for"):
+        run_conditioned_training(
+            *script_args(root, tmp_path / "x", kl_weight=0.0, features_path=tmp_path / "f", max_completion_length=8)
+        )
+
+
+def test_precompute_script(setup, tmp_path, capsys):
+    root = setup[0]
+    script = importlib.util.spec_from_file_location("precompute_features", ROOT / "train" / "precompute_features.py")
+    module = importlib.util.module_from_spec(script)
+    script.loader.exec_module(module)
+    argv = ["--verifier", str(root / "verifier"), "--dataset_path", str(root / "dataset"), "--out", str(tmp_path / "f")]
+    spec = module.main([*argv, "--feature_layers", "1", "2", "--shard_rows", "8", "--model_dtype", "float32"])
+    assert spec.shards == 2 and spec.dtype == "bfloat16" and "GB in 2 shards" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError):
+        module.main([*argv[:3], str(tmp_path / "missing"), *argv[4:]])

@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, set_seed
 from diffuspec import ADLConfig, CPSConfig, DecodeConfig, DiffusionDrafter, SpeculativeDecoder
 from diffuspec.models.loading import load_diffusion_model
 from diffuspec.models.tiny import tiny_qwen2
-from diffuspec.training import DrafterTrainer, DrafterTrainingConfig, write_drafter_marker
+from diffuspec.training import AcceptanceCallback, DrafterTrainer, DrafterTrainingConfig, write_drafter_marker
 
 EOS, PAD, MASK = 256, 257, 258
 VOCAB = 259
@@ -186,13 +186,14 @@ def training_args(out: Path, steps: int, sizes: Sizes, **objective) -> DrafterTr
     )
 
 
-def train_drafter(folder: Path, model, dataset, args: DrafterTrainingConfig) -> torch.nn.Module:
+def train_drafter(folder: Path, model, dataset, args: DrafterTrainingConfig, callbacks=()) -> torch.nn.Module:
     if (folder / "config.json").exists():
         return load_diffusion_model(folder)[0]
-    trainer = DrafterTrainer(model, args, dataset, mask_token_id=MASK, shifted=True)
+    trainer = DrafterTrainer(model, args, dataset, mask_token_id=MASK, shifted=True, callbacks=list(callbacks))
     trainer.train()
     model.save_pretrained(folder)
     write_drafter_marker(folder, MASK, True)
+    (folder / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return model.eval()
 
 
@@ -287,6 +288,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="Objectives to run (default: all).")
     parser.add_argument("--data-prompts", type=int, default=None, help="Override the number of alignment prompts.")
     parser.add_argument("--align-steps", type=int, default=None, help="Override the alignment steps.")
+    parser.add_argument(
+        "--confirm", nargs="*", default=None, help="Objectives to re-measure with the evaluation harness at the end."
+    )
     args = parser.parse_args()
     sizes = FAST if args.fast else Sizes()
     if args.data_prompts is not None:
@@ -318,7 +322,15 @@ def main() -> None:
         model, _, _ = load_diffusion_model(args.out / "drafter_pretrained")
         tag = f"{name}_{sizes.align_steps}steps_{sizes.data_prompts}prompts"
         run_args = training_args(args.out / f"run_{tag}", sizes.align_steps, sizes, **objective)
-        aligned = train_drafter(args.out / f"drafter_{tag}", model, data, run_args)
+        callback = AcceptanceCallback(  # tau in the training log: step 0 (unaligned) and every fifth of the run
+            verifier,
+            prompts,
+            max(1, sizes.align_steps // 5),
+            sizes.max_new_tokens,
+            DECODES["cps+adl"],
+            eos_token_id=EOS,
+        )
+        aligned = train_drafter(args.out / f"drafter_{tag}", model, data, run_args, [callback])
         results[name] = tau(verifier, aligned, prompts, sizes)
         print(f"{name:28s} {results[name]}  ({time.time() - t0:.0f}s)", flush=True)
 
@@ -328,6 +340,40 @@ def main() -> None:
     for name, values in results.items():
         print(f"{name:28s} " + " ".join(f"{values[d]:12.3f} {values[d] / base[d]:5.2f}" for d in DECODES))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    if args.confirm:
+        confirm_with_harness(args.out, verifier, prompts, sizes, args.confirm)
+
+
+def confirm_with_harness(out: Path, verifier, prompts: list[list[int]], sizes: Sizes, names: list[str]) -> None:
+    """The same comparison through the evaluation harness (the code behind ``diffuspec eval``): interleaved repeats,
+    every method checked token for token against plain decoding, tau and speedup; written to ``out/confirm``."""
+    from diffuspec.evaluation import MethodSpec, build_prompts, build_runner, measure, questions_from_token_ids
+    from diffuspec.evaluation.harness import report_run
+
+    folders = {"dlm_unaligned": out / "drafter_pretrained"}
+    for name in names:
+        folders[f"dlm_{name}"] = out / f"drafter_{name}_{sizes.align_steps}steps_{sizes.data_prompts}prompts"
+    adl = {"k_min": 4, "k_max": 12, "delta": 4}
+    runners = [build_runner(MethodSpec.from_dict("ar", "confirm", None), verifier, (EOS,), PAD)]
+    for method, folder in folders.items():
+        raw = {"kind": "diffusion", "name": method, "drafter": str(folder), "cps": {}, "adl": adl}
+        spec = MethodSpec.from_dict(raw, "confirm", None)
+        runners.append(build_runner(spec, verifier, (EOS,), PAD, diffusion=load_diffusion_model(folder)))
+    questions = questions_from_token_ids([("stdlib_heldout", p) for p in prompts])
+    cases = build_prompts(questions, None, chat_template=False)
+    records = measure(cases, runners, repeats=3, warmup=1, max_new_tokens=sizes.max_new_tokens)
+    report_run(
+        records,
+        cases,
+        runners,
+        repeats=3,
+        warmup=1,
+        max_new_tokens=sizes.max_new_tokens,
+        temperature=0.0,
+        verifier=str(out / "verifier"),
+        benchmark={"kind": "token_ids", "turns": "first", "chat_template": False},
+        output_dir=out / "confirm",
+    )
 
 
 if __name__ == "__main__":

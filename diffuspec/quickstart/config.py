@@ -24,7 +24,8 @@ class QuickstartConfig:
     seed: int = 0
     threads: int = field(default=2, metadata={"help": "torch threads for training and data generation."})
     eval_threads: int = field(
-        default=1, metadata={"help": "torch threads while timing: tiny models gain nothing from a second thread."}
+        default=1,
+        metadata={"help": "torch threads while timing (1 is safe on a shared machine; see the tiny-cpu README)."},
     )
     corpus_bytes: int = field(default=3_000_000, metadata={"help": "Standard-library source bytes to use."})
     heldout_fraction: float = 0.1

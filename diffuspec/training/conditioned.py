@@ -31,6 +31,7 @@ from ..models.conditioned import (
 )
 from .checkpoints import AtomicCheckpointMixin
 from .config import DataArguments, parse_config
+from .features import FeatureStore, cut_row
 from .inputs import check_examples, load_examples
 from .losses import (
     IGNORE_INDEX,
@@ -44,6 +45,7 @@ from .losses import (
 
 __all__ = [
     "ConditionedCollator",
+    "ConditionedDataArguments",
     "ConditionedDrafterTrainer",
     "ConditionedModelArguments",
     "ConditionedTrainingConfig",
@@ -69,17 +71,10 @@ class ConditionedCollator:
     pad_token_id: int = 0
     max_prompt_length: int | None = None  # keep the last N prompt tokens
     max_completion_length: int | None = None  # keep the first N completion tokens
-
-    def _cut(self, row: dict[str, Any]) -> tuple[list[int], list[int]]:
-        prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
-        if self.max_prompt_length is not None:
-            prompt = prompt[-self.max_prompt_length :]
-        if self.max_completion_length is not None:
-            completion = completion[: self.max_completion_length]
-        return prompt, completion
+    features: FeatureStore | None = None  # offline features: rows carry their dataset index in "row"
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        parts = [self._cut(row) for row in rows]
+        parts = [cut_row(row, self.max_prompt_length, self.max_completion_length) for row in rows]
         sequences = [prompt + completion for prompt, completion in parts]
         width = max(len(s) for s in sequences)
         input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
@@ -88,7 +83,18 @@ class ConditionedCollator:
             input_ids[i, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
             attention_mask[i, : len(sequence)] = 1
         prompt_lengths = torch.tensor([len(prompt) for prompt, _ in parts], dtype=torch.long)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_lengths": prompt_lengths}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_lengths": prompt_lengths}
+        if self.features is not None:
+            stored = [self.features[int(row["row"])] for row in rows]
+            features = torch.zeros((len(rows), width, stored[0].shape[-1]), dtype=torch.float32)
+            for i, (sequence, f) in enumerate(zip(sequences, stored, strict=True)):
+                if f.shape[0] != len(sequence):
+                    raise ValueError(
+                        f"stored features of row {int(rows[i]['row'])} cover {f.shape[0]} tokens, not {len(sequence)}"
+                    )
+                features[i, : len(sequence)] = f.float()
+            batch["features"] = features
+        return batch
 
 
 def completion_mask(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
@@ -181,9 +187,12 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, Trainer):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
         prompt_lengths = inputs["prompt_lengths"]
         config = self.model.config  # the unwrapped drafter (model may be a DDP wrapper)
-        features, verifier_logits = verifier_features_and_logits(
-            self.verifier, input_ids, config.feature_layers, attention_mask, all_logits=self.kl_weight > 0
-        )
+        if "features" in inputs:  # offline: computed by precompute_features, no verifier pass
+            features, verifier_logits = inputs["features"], None
+        else:
+            features, verifier_logits = verifier_features_and_logits(
+                self.verifier, input_ids, config.feature_layers, attention_mask, all_logits=self.kl_weight > 0
+            )
         anchors, anchor_ok = sample_anchors(
             prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.anchors_per_sequence, self._anchor_rng()
         )
@@ -266,18 +275,30 @@ class ConditionedTrainingConfig(TrainingArguments):
         position_decay_weights(1, self.decay_gamma)  # refuses gamma <= 0 before any model loads
 
 
-CONDITIONED_CONFIG_CLASSES = (ConditionedModelArguments, DataArguments, ConditionedTrainingConfig)
+@dataclass
+class ConditionedDataArguments(DataArguments):
+    """The alignment data, plus optional precomputed verifier features (``train/precompute_features.py``)."""
+
+    features_path: str | None = field(
+        default=None,
+        metadata={"help": "Folder of precomputed verifier features for dataset_path (null: the verifier runs online)."},
+    )
+
+
+CONDITIONED_CONFIG_CLASSES = (ConditionedModelArguments, ConditionedDataArguments, ConditionedTrainingConfig)
 
 
 def parse_conditioned_config(
     argv: list[str] | None = None,
-) -> tuple[ConditionedModelArguments, DataArguments, ConditionedTrainingConfig]:
+) -> tuple[ConditionedModelArguments, ConditionedDataArguments, ConditionedTrainingConfig]:
     """``--config file.yaml`` plus ``--key value`` overrides, unknown keys refused (as ``parse_config``)."""
     return parse_config(argv, CONDITIONED_CONFIG_CLASSES)
 
 
 def run_conditioned_training(
-    model_args: ConditionedModelArguments, data_args: DataArguments, training_args: ConditionedTrainingConfig
+    model_args: ConditionedModelArguments,
+    data_args: ConditionedDataArguments,
+    training_args: ConditionedTrainingConfig,
 ) -> ConditionedDrafterTrainer:
     """Check the data and tokenizer, build (or load) the drafter, train (resuming from the last checkpoint in
     ``output_dir``), and save the drafter, the verifier's tokenizer, ``diffuspec_config.json`` and ``train_log.json``
@@ -311,6 +332,17 @@ def run_conditioned_training(
         checkpoint = get_last_checkpoint(training_args.output_dir)
         if checkpoint is not None:
             logger.info(f"Checkpoint detected, resuming training at {checkpoint}")
+    store = None
+    if data_args.features_path is not None:
+        if training_args.kl_weight > 0:
+            raise ValueError(
+                "kl_weight > 0 needs the verifier's distributions, which offline features do not carry: set "
+                "kl_weight 0 or train online (features_path null)"
+            )
+        store = FeatureStore(data_args.features_path)
+        cuts = (data_args.max_prompt_length, data_args.max_completion_length)
+        store.check(model_args.verifier_name_or_path, model.config.feature_layers, len(dataset), cuts)
+        dataset = dataset.add_column("row", list(range(len(dataset))))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     trainer = ConditionedDrafterTrainer(
         model,
@@ -325,6 +357,7 @@ def run_conditioned_training(
             pad_token_id=int(pad),
             max_prompt_length=data_args.max_prompt_length,
             max_completion_length=data_args.max_completion_length,
+            features=store,
         ),
         processing_class=tokenizer,
     )
@@ -392,6 +425,8 @@ def train_conditioned_drafter(
         block_size=block_size,
         feature_layers=feature_layers,
     )
-    data_args = DataArguments(dataset_path=[str(dataset_path)], max_prompt_length=None, max_completion_length=None)
+    data_args = ConditionedDataArguments(
+        dataset_path=[str(dataset_path)], max_prompt_length=None, max_completion_length=None
+    )
     run_conditioned_training(model_args, data_args, training_args)
     return output_dir
