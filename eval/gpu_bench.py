@@ -16,6 +16,9 @@ Measured, each as the median of ``--reps`` device-synchronised calls after ``--w
 - diffusion draft time per context length and draft length (DiffusionDrafter.propose: prefix + k masks, one pass,
   lattice built on the CPU);
 - AR-drafter draft time per draft length (AutoregressiveDrafter.propose after a rejection: k one-token steps);
+- conditioned draft time per context length (ConditionedDrafter.propose at a Qwen3-8B-width 5-layer drafter, block
+  16: four new verifier feature rows projected into its cached memory, then one block pass; the verifier's
+  embedding and LM head are built at its shape, nothing else of it);
 - CPS time per draft length (beam search with a trigram proxy, on the CPU).
 Then diffuspec.evaluation.costmodel projects tokens/s and speedup for each verifier x drafter x context x k x
 acceptance profile. ``--budget-s`` stops measuring (the rest is listed under "skipped") before the time is up.
@@ -41,30 +44,38 @@ from diffuspec.decoding.drafter import DraftRequest
 from diffuspec.decoding.lattice import Lattice
 from diffuspec.decoding.proxy import NGramProxy
 from diffuspec.drafters.autoregressive import AutoregressiveDrafter
+from diffuspec.drafters.conditioned import ConditionedDrafter
 from diffuspec.drafters.diffusion import DiffusionDrafter
 from diffuspec.evaluation.costmodel import RoundCosts, geometric_rates, predict
 from diffuspec.evaluation.harness import environment
 from diffuspec.evaluation.report import write_json
+from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 
 # Published config.json shapes (hidden, layers, attention heads, KV heads, FFN, vocabulary rows, tied head).
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen2.5-32b": dict(hidden=5120, layers=64, heads=40, kv_heads=8, ffn=27648, vocab=152064, tied=False),
     "qwen2.5-7b": dict(hidden=3584, layers=28, heads=28, kv_heads=4, ffn=18944, vocab=152064, tied=False),
     "qwen2.5-0.5b": dict(hidden=896, layers=24, heads=14, kv_heads=2, ffn=4864, vocab=151936, tied=True),
+    # Qwen3-8B's shape on the Qwen2 architecture (Qwen3 adds q/k norms and drops the q/k/v biases: same matmuls)
+    "qwen3-8b": dict(hidden=4096, layers=36, heads=32, kv_heads=8, ffn=12288, vocab=151936, tied=False),
     "tiny-verifier": dict(hidden=64, layers=2, heads=4, kv_heads=2, ffn=128, vocab=256, tied=False),
     "tiny-drafter": dict(hidden=32, layers=1, heads=4, kv_heads=2, ffn=64, vocab=256, tied=False),
 }
 # name -> (shape, role); dlm = bidirectional diffusion drafter, ar = causal drafter.
 REAL = {
-    "verifiers": {"qwen2.5-7b": "qwen2.5-7b", "qwen2.5-32b": "qwen2.5-32b"},
+    "verifiers": {"qwen2.5-7b": "qwen2.5-7b", "qwen2.5-32b": "qwen2.5-32b", "qwen3-8b": "qwen3-8b"},
     "dlm": {"dream-7b": "qwen2.5-7b", "qwen2.5-0.5b-dlm": "qwen2.5-0.5b"},
     "ar": {"qwen2.5-0.5b": "qwen2.5-0.5b"},
+    # name -> (verifier name, draft layers, block size): a conditioned drafter serves its own verifier only
+    "conditioned": {"conditioned-l5-qwen3-8b": ("qwen3-8b", 5, 16)},
 }
 TINY = {
     "verifiers": {"tiny-verifier": "tiny-verifier"},
     "dlm": {"tiny-dlm": "tiny-drafter"},
     "ar": {"tiny-ar": "tiny-drafter"},
+    "conditioned": {"tiny-conditioned": ("tiny-verifier", 1, 4)},
 }
+NEW_ROWS = 4  # feature rows a conditioned round projects into its memory: the accepted tokens plus the correction
 
 
 class Deadline:
@@ -215,6 +226,91 @@ def ar_draft_costs(model, contexts, ks, device, args, deadline, skipped) -> dict
     return out
 
 
+class BorrowedParts(torch.nn.Module):
+    """The verifier parts a conditioned drafter borrows (embedding, LM head) at the verifier's shape, without the
+    verifier's layers: all its draft pass reads."""
+
+    def __init__(self, config: Qwen2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = torch.nn.Embedding(config.vocab_size, config.hidden_size)
+        self.head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.embed
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.head
+
+
+def conditioned_draft_costs(drafter, contexts, ks, device, args, deadline, skipped) -> dict[str, dict[str, float]]:
+    """ConditionedDrafter.propose after a round: NEW_ROWS feature rows join the cached memory, one block pass runs.
+    The memory is cropped back before every call, so each timed call does exactly that work."""
+    config = drafter.model.config
+    out: dict[str, dict[str, float]] = {}
+    for n in contexts:
+        out[str(n)] = {}
+        ids = torch.randint(0, config.vocab_size - 1, (n,))
+        features = torch.randn(n - 1, config.feature_size, device=device, dtype=drafter.model.dtype)
+        prior = n - NEW_ROWS
+        drafter.reset()
+        drafter.propose(DraftRequest(ids[:prior], 1, CPSConfig.m_max, (0,), features[: prior - 1]))
+        for k in ks:
+            if k > drafter.block_size:
+                continue  # the block bounds k
+            if deadline.left() <= 0:
+                skipped.append(f"conditioned draft context {n} k {k}: budget spent")
+                continue
+            request = DraftRequest(ids, k, CPSConfig.m_max, (0,), features)
+
+            def step(request=request, kept=ids[: prior - 1]):
+                drafter.memory.crop(kept.numel())
+                drafter.memory_ids = kept
+                drafter.propose(request)
+
+            out[str(n)][str(k)] = timed(step, device, args.warmup, args.reps)
+    return out
+
+
+def measure_conditioned(plan, contexts, ks, device, dtype, args, deadline, results) -> None:
+    for name, (verifier_name, layers, block) in plan["conditioned"].items():
+        if args.models and name not in args.models:
+            continue
+        verifier_config = qwen2_config(SHAPES[plan["verifiers"][verifier_name]], causal=True)
+        config = ConditionedDrafterConfig.for_verifier(
+            verifier_config, mask_token_id=verifier_config.vocab_size - 1, num_hidden_layers=layers, block_size=block
+        )
+        with torch.device("meta"):
+            nbytes = sum(
+                p.numel() * torch.finfo(dtype).bits // 8
+                for module in (ConditionedDrafterModel(config), BorrowedParts(verifier_config))
+                for p in module.parameters()
+            )
+        ok, why = fits(nbytes, device)
+        if not ok or deadline.left() < args.min_s_per_model:
+            reason = why if not ok else f"{deadline.left():.0f} s left < --min-s-per-model {args.min_s_per_model}"
+            results["skipped"].append(f"{name}: {reason}")
+            continue
+        start = time.perf_counter()
+        with torch.device(device), default_dtype(dtype):
+            parts = BorrowedParts(verifier_config)
+            drafter = ConditionedDrafter(ConditionedDrafterModel(config).eval(), parts)
+        sync(device)
+        results["models"][name] = {
+            "verifier": verifier_name,
+            "layers": layers,
+            "block_size": block,
+            "parameter_bytes": nbytes,
+            "build_s": time.perf_counter() - start,
+        }
+        results["conditioned_draft_s"][name] = conditioned_draft_costs(
+            drafter, contexts, ks, device, args, deadline, results["skipped"]
+        )
+        del drafter, parts
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def cps_costs(vocab: int, ks: list[int], context: int, args, deadline, skipped) -> dict[str, float]:
     """Beam CPS over a random lattice (fresh per call, so the proxy's cache never answers) with a trigram proxy."""
     generator = torch.Generator().manual_seed(0)
@@ -256,11 +352,15 @@ def profiles(args) -> dict[str, list[float]]:
 def project(results: dict[str, Any], ks: list[int], rates_by_name: dict[str, list[float]]) -> list[dict[str, Any]]:
     rows = []
     for verifier, by_context in results["verify_s"].items():
-        for kind, table in (("dlm", results["dlm_draft_s"]), ("ar", results["ar_draft_s"])):
+        tables = (("dlm", results["dlm_draft_s"]), ("ar", results["ar_draft_s"]))
+        tables += (("conditioned", results["conditioned_draft_s"]),)
+        for kind, table in tables:
             for drafter, drafts in table.items():
+                if kind == "conditioned" and results["models"][drafter]["verifier"] != verifier:
+                    continue  # trained on one verifier's features: no other pairing exists
                 for n, verify in by_context.items():
                     draft = drafts.get(n, {})
-                    search = results["cps_s"] if kind == "dlm" else None
+                    search = results["cps_s"] if kind != "ar" else None
                     for k in ks:
                         needed = [
                             str(k + 1) in verify,
@@ -357,6 +457,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "verify_s": {},
         "dlm_draft_s": {},
         "ar_draft_s": {},
+        "conditioned_draft_s": {},
         "cps_s": {},
         "skipped": [],
     }
@@ -368,6 +469,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     # ---- models, smallest first so a short budget still yields a full pair
     measure_models(plan, "ar", ar_draft_costs, args.contexts, args.ks, device, dtype, args, deadline, results)
     measure_models(plan, "dlm", dlm_draft_costs, args.contexts, args.ks, device, dtype, args, deadline, results)
+    measure_conditioned(plan, args.contexts, args.ks, device, dtype, args, deadline, results)
     measure_models(plan, "verifiers", verify_costs, args.contexts, blocks, device, dtype, args, deadline, results)
 
     # ---- the AR step is a verify pass of one token; projection with the cost model

@@ -31,9 +31,11 @@ def test_tiny_run_writes_json(gpu_bench, tmp_path):
     assert set(verify) == {"16", "32"} and set(verify["16"]) == {str(m) for m in range(1, 6)}  # blocks 1..k_max+1
     assert set(results["dlm_draft_s"]["tiny-dlm"]["32"]) == {"2", "4"}
     assert set(results["ar_draft_s"]["tiny-ar"]["16"]) == {"2", "4"} and set(results["cps_s"]) == {"2", "4"}
+    assert set(results["conditioned_draft_s"]["tiny-conditioned"]["32"]) == {"2", "4"}  # k <= its block of 4
     rows = results["projections"]
-    # 1 verifier x 2 drafters x 2 contexts x 2 ks x 2 profiles
-    assert len(rows) == 16 and all(r["speedup"] > 0 for r in rows)
+    # 1 verifier x 3 drafters (diffusion, AR, conditioned) x 2 contexts x 2 ks x 2 profiles
+    assert len(rows) == 24 and all(r["speedup"] > 0 for r in rows)
+    assert {r["drafter_kind"] for r in rows} == {"dlm", "ar", "conditioned"}
     row = next(r for r in rows if r["drafter"] == "tiny-ar" and r["k"] == 2 and r["profile"].endswith("0.5"))
     assert row["tau"] == pytest.approx(1.75)  # 1 + 0.5 + 0.25
     assert row["speedup"] == pytest.approx(row["tokens_per_s"] / row["ar_tokens_per_s"])
@@ -51,3 +53,13 @@ def test_meta_device_sizes_real_shapes_without_memory(gpu_bench):
     assert 7.0e9 < nbytes / 2 < 8.0e9  # Qwen2.5-7B has 7.6B parameters
     dream = gpu_bench.qwen2_config(gpu_bench.SHAPES["qwen2.5-7b"], causal=False)
     assert dream.is_causal is False
+
+
+def test_conditioned_drafter_at_qwen3_8b_width_is_sized_on_meta(gpu_bench):
+    verifier = gpu_bench.qwen2_config(gpu_bench.SHAPES["qwen3-8b"], causal=True)
+    name, (verifier_name, layers, block) = next(iter(gpu_bench.REAL["conditioned"].items()))
+    assert gpu_bench.REAL["verifiers"][verifier_name] == "qwen3-8b" and (layers, block) == (5, 16)
+    config = gpu_bench.ConditionedDrafterConfig.for_verifier(verifier, mask_token_id=1, num_hidden_layers=layers)
+    with torch.device("meta"):
+        params = sum(p.numel() for p in gpu_bench.ConditionedDrafterModel(config).parameters())
+    assert 0.95e9 < params < 1.1e9  # 5 layers of 193M plus the 3 x 4096 -> 4096 fusion: about 1.0B
