@@ -229,3 +229,22 @@ def test_memory_cache_after_a_rejected_round_equals_a_fresh_drafter(verifier):
         torch.testing.assert_close(cached.propose(req).logprobs, ConditionedDrafter(model).propose(req).logprobs)
         assert cached.memory.length == seq.numel() - 1
     assert cached.memory.capacity >= 600  # the buffer grew twice (256 -> 512 -> 1024)
+
+
+def test_verifier_features_follow_the_cache_across_buffer_growth(verifier):
+    """The verifier's feature rows equal a fresh pass over the committed tokens after a step that grows the
+    buffer (256 rows at first) and a commit that drops rejected rows."""
+    from diffuspec.decoding.verifier import Verifier
+
+    layers = [1, 2]
+    wrapped = Verifier(verifier, feature_layers=layers)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, VOCAB - 1, (250,), generator=generator)
+    path = torch.randint(0, VOCAB - 1, (10,), generator=generator)
+    wrapped.start(prompt)
+    assert wrapped.features.shape[0] == 249
+    wrapped.step(path)
+    assert wrapped.features.shape[0] == 260
+    wrapped.commit(accepted=3, next_token=7)
+    cached = torch.cat([prompt, path[:3]])  # the cache holds these 253 tokens; token 7 is pending
+    torch.testing.assert_close(wrapped.features, verifier_features(verifier, cached[None], layers)[0])

@@ -6,7 +6,8 @@ the cache to the accepted part, so no accepted token is ever encoded twice. Plai
 call with an empty path, which keeps the speculative loop and its baseline on one code path.
 
 If a drafter asks for verifier features, the hidden states of the chosen layers are taken from these same
-forward passes (no extra pass) and cropped together with the cache.
+forward passes (no extra pass) and cropped together with the cache. They are appended to a buffer that doubles
+when full, so a round copies only its own rows, whatever the prefix length.
 """
 
 from __future__ import annotations
@@ -27,8 +28,24 @@ class Verifier:
                 raise ValueError(f"feature layer {layer} outside 0..{num_layers} (0 is the embedding output)")
         self.forward_lengths: list[int] = []  # tokens fed to each forward pass (prefill included)
         self.cache: DynamicCache | None = None
-        self.features: torch.Tensor | None = None  # [committed - 1, F] hidden states, if feature_layers
+        self._feature_buffer: torch.Tensor | None = None  # [capacity, F]; rows < _feature_rows are valid
+        self._feature_rows = 0
         self.pending: int | None = None
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """``[committed - 1, F]``: the feature layers' hidden states of every cached token (None without layers)."""
+        return None if self._feature_buffer is None else self._feature_buffer[: self._feature_rows]
+
+    def _append_features(self, new: torch.Tensor) -> None:
+        rows = self._feature_rows + new.shape[0]
+        if self._feature_buffer is None or rows > self._feature_buffer.shape[0]:
+            grown = new.new_empty((max(2 * rows, 256), new.shape[1]))
+            if self._feature_rows:
+                grown[: self._feature_rows] = self._feature_buffer[: self._feature_rows]
+            self._feature_buffer = grown
+        self._feature_buffer[self._feature_rows : rows] = new
+        self._feature_rows = rows
 
     @property
     def vocab_size(self) -> int:
@@ -53,14 +70,13 @@ class Verifier:
             output_hidden_states=bool(self.feature_layers),
         )
         if self.feature_layers:
-            new = torch.cat([out.hidden_states[i][0] for i in self.feature_layers], dim=-1)
-            self.features = new if self.features is None else torch.cat([self.features, new])
+            self._append_features(torch.cat([out.hidden_states[i][0] for i in self.feature_layers], dim=-1))
         return out.logits[0]
 
     def start(self, prompt: torch.Tensor) -> None:
         """Prefill all prompt tokens but the last, which becomes the pending token."""
         self.cache = DynamicCache(config=self.model.config)
-        self.features = None
+        self._feature_buffer, self._feature_rows = None, 0
         self.forward_lengths = []
         prompt = prompt.to(self.device)
         if prompt.numel() > 1:
@@ -79,6 +95,5 @@ class Verifier:
         extra = self.cache.get_seq_length() - keep
         if extra > 0:
             self.cache.crop(-extra)
-            if self.features is not None:
-                self.features = self.features[:keep]
+            self._feature_rows = min(self._feature_rows, keep)
         self.pending = int(next_token)
