@@ -42,6 +42,7 @@ from .losses import (
     position_decay_weights,
     streak_loss,
 )
+from .terms import LossTermsMixin
 
 __all__ = [
     "ConditionedCollator",
@@ -137,7 +138,7 @@ def slot_logits(logits: torch.Tensor, anchors: torch.Tensor, block_size: int) ->
     return torch.gather(logits, 1, index).view(*positions.shape, logits.shape[-1])
 
 
-class ConditionedDrafterTrainer(AtomicCheckpointMixin, Trainer):
+class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
     """A Trainer whose loss drafts blocks after sampled completion anchors, conditioned on a frozen verifier.
 
     The verifier is held here, not in the model: only its embedding and LM head are lent to the drafter (frozen),
@@ -147,32 +148,15 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, Trainer):
     def __init__(
         self,
         model: ConditionedDrafterModel,
-        args: TrainingArguments,
+        args: ConditionedTrainingConfig,
         verifier_model: PreTrainedModel,
-        *,
-        anchors_per_sequence: int = 8,
-        decay_gamma: float | None = None,
-        kl_weight: float = 0.0,
-        streak_weight: float = 0.0,
         **kwargs,
     ) -> None:
-        if anchors_per_sequence < 1:
-            raise ValueError(f"anchors_per_sequence must be >= 1, got {anchors_per_sequence}")
-        for name, weight in (("kl_weight", kl_weight), ("streak_weight", streak_weight)):
-            if weight < 0:
-                raise ValueError(f"{name} must be >= 0, got {weight}")
-        position_decay_weights(1, decay_gamma)  # validates gamma before any training
         super().__init__(model=model, args=args, **kwargs)
         dtype = verifier_dtype(self.args)
         self.verifier = verifier_model.to(device=self.args.device, dtype=dtype).eval().requires_grad_(False)
         model.attach_verifier(self.verifier)
-        self.anchors_per_sequence = anchors_per_sequence
-        self.decay_gamma = decay_gamma
-        self.kl_weight = kl_weight
-        self.streak_weight = streak_weight
         self._anchor_step, self._anchor_calls = -1, 0
-        self._term_sums: dict[str, float] = {}
-        self._term_count = 0
 
     def _anchor_rng(self) -> torch.Generator:
         """A generator seeded by (seed, step, micro-batch): a resumed run draws the anchors the uninterrupted run
@@ -191,10 +175,10 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, Trainer):
             features, verifier_logits = inputs["features"], None
         else:
             features, verifier_logits = verifier_features_and_logits(
-                self.verifier, input_ids, config.feature_layers, attention_mask, all_logits=self.kl_weight > 0
+                self.verifier, input_ids, config.feature_layers, attention_mask, all_logits=self.args.kl_weight > 0
             )
         anchors, anchor_ok = sample_anchors(
-            prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.anchors_per_sequence, self._anchor_rng()
+            prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.args.anchors_per_sequence, self._anchor_rng()
         )
         anchors, anchor_ok = anchors.to(input_ids.device), anchor_ok.to(input_ids.device)
         out = model(features=features, input_ids=input_ids, anchor_positions=anchors, compute_logits=True)
@@ -206,31 +190,22 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, Trainer):
         logprobs = drafter_logprobs(out.logits, config.mask_token_id).reshape(-1, k, out.logits.shape[-1])
         labels = torch.where(valid, labels, IGNORE_INDEX).reshape(-1, k)
         valid = valid.reshape(-1, k)
-        weights = position_decay_weights(k, self.decay_gamma, device=logprobs.device)
+        weights = position_decay_weights(k, self.args.decay_gamma, device=logprobs.device)
         ce = block_ce_loss(logprobs, labels, weights)
         loss = ce
         terms = {"block_ce": ce.detach()}
-        if self.kl_weight > 0:
+        if self.args.kl_weight > 0:
             teacher = drafter_logprobs(slot_logits(verifier_logits, anchors, k), config.mask_token_id)
             kl = distillation_loss(logprobs, teacher.reshape_as(logprobs), valid, "forward", slot_weights=weights)
-            loss = loss + self.kl_weight * kl
+            loss = loss + self.args.kl_weight * kl
             terms["kl"] = kl.detach()
-        if self.streak_weight > 0:
+        if self.args.streak_weight > 0:
             streak = streak_loss(log_greedy_success(logprobs, labels), valid)
-            loss = loss + self.streak_weight * streak
+            loss = loss + self.args.streak_weight * streak
             terms["streak"] = streak.detach()
         if model.training:
-            for name, value in terms.items():
-                self._term_sums[name] = self._term_sums.get(name, 0.0) + float(value)
-            self._term_count += 1
+            self._accumulate({f"loss/{name}": value for name, value in terms.items()})
         return (loss, {"logits": out.logits}) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean of each loss term since the last training log (single process: a plain mean)."""
-        if "loss" in logs and self._term_count:
-            logs = {**logs, **{f"loss/{n}": round(v / self._term_count, 6) for n, v in self._term_sums.items()}}
-            self._term_sums, self._term_count = {}, 0
-        super().log(logs, start_time)
 
 
 @dataclass
@@ -348,10 +323,6 @@ def run_conditioned_training(
         model,
         training_args,
         verifier,
-        anchors_per_sequence=training_args.anchors_per_sequence,
-        decay_gamma=training_args.decay_gamma,
-        kl_weight=training_args.kl_weight,
-        streak_weight=training_args.streak_weight,
         train_dataset=dataset,
         data_collator=ConditionedCollator(
             pad_token_id=int(pad),

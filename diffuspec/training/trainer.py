@@ -5,7 +5,7 @@ The base class keeps the loop, accumulation, DDP / DeepSpeed / FSDP, schedules a
 - ``compute_loss``: one forward pass over the collator's diffusion and block rows, the weighted objectives of
   ``drafter_objectives``, a stop on a non-finite loss (before the optimizer step, naming the step) and per-term
   bookkeeping;
-- ``log``: the averaged terms join the Trainer's own loss log (``loss/ce``, ``block/greedy_accepted``, ...);
+- the averaged terms join the Trainer's own loss log (``terms.LossTermsMixin``: ``loss/ce``, ``block/top1``, ...);
 - atomic checkpoints and no non-finite weights saved (``checkpoints.AtomicCheckpointMixin``);
 - ``_save``: each saved model folder gets the diffuspec marker (mask id, shift), so checkpoints load with
   ``diffuspec.models.loading.load_diffusion_model`` and ``DiffusionDrafter.from_pretrained``.
@@ -43,6 +43,7 @@ from .losses import (
     token_logprobs,
 )
 from .teacher import OfflineTeacher, OnlineTeacher, TeacherTargets
+from .terms import LossTermsMixin
 
 #: Objective name -> its weight field on DrafterTrainingConfig.
 OBJECTIVE_WEIGHTS = {"ce": "ce_weight", "block_ce": "block_ce_weight", "kl": "kl_weight", "streak": "streak_weight"}
@@ -117,7 +118,7 @@ def drafter_objectives(
     return terms, metrics
 
 
-class DrafterTrainer(AtomicCheckpointMixin, Trainer):
+class DrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
     """Trains a diffusion drafter with the objective mix of ``DrafterTrainingConfig``.
 
     ``verifier_model`` serves as the online teacher when an objective needs the verifier's distributions and the
@@ -181,8 +182,6 @@ class DrafterTrainer(AtomicCheckpointMixin, Trainer):
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, AcceptanceCallback):
                 callback.bind(self)
-        self._term_sums: dict[str, torch.Tensor] = {}
-        self._term_count = 0
 
     # -- loss -------------------------------------------------------------------------------------------------
 
@@ -214,25 +213,6 @@ class DrafterTrainer(AtomicCheckpointMixin, Trainer):
             f"non-finite training loss at step {self.state.global_step + 1} (terms on this process: {values}). "
             f"Stopped before the optimizer step, so no weights or checkpoints changed; {self._last_checkpoint_hint()}"
         )
-
-    # -- logging ----------------------------------------------------------------------------------------------
-
-    def _accumulate(self, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            value = value.detach().float()
-            self._term_sums[name] = self._term_sums[name] + value if name in self._term_sums else value
-        self._term_count += 1
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # The Trainer's training log ("loss") runs on every process, so the mean across processes is safe here.
-        if "loss" in logs and self._term_count:
-            names = sorted(self._term_sums)
-            means = torch.stack([self._term_sums[n] for n in names]) / self._term_count
-            if self.accelerator.num_processes > 1:
-                means = self.accelerator.reduce(means, reduction="mean")
-            logs = {**logs, **{n: round(v, 6) for n, v in zip(names, means.tolist(), strict=True)}}
-            self._term_sums, self._term_count = {}, 0
-        super().log(logs, start_time)
 
     # -- saving -----------------------------------------------------------------------------------------------
 
