@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import time
@@ -111,11 +112,15 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-def model_bytes(config: Qwen2Config, dtype: torch.dtype) -> int:
-    """Parameter bytes, from a model built on the meta device (no memory is touched)."""
+def parameter_bytes(build: Callable[[], torch.nn.Module], dtype: torch.dtype) -> int:
+    """Parameter bytes of what ``build`` makes, built on the meta device (no memory is touched)."""
     with torch.device("meta"):
-        model = Qwen2ForCausalLM(config)
-    return sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+        module = build()
+    return sum(p.numel() for p in module.parameters()) * torch.finfo(dtype).bits // 8
+
+
+def model_bytes(config: Qwen2Config, dtype: torch.dtype) -> int:
+    return parameter_bytes(functools.partial(Qwen2ForCausalLM, config), dtype)
 
 
 def build_model(config: Qwen2Config, device: torch.device, dtype: torch.dtype) -> Qwen2ForCausalLM:
@@ -138,6 +143,16 @@ def fits(nbytes: int, device: torch.device) -> tuple[bool, str]:
     """Weights plus 15% for activations, cache and allocator slack must fit in what is free now."""
     free = free_bytes(device)
     return nbytes * 1.15 < free, f"needs {nbytes / 2**30:.1f} GiB + 15% headroom, {free / 2**30:.1f} GiB free"
+
+
+def skip_reason(nbytes: int, device: torch.device, deadline: Deadline, args: argparse.Namespace) -> str | None:
+    """Why a model of ``nbytes`` is not measured (it does not fit, or too little budget is left); None: measure it."""
+    ok, why = fits(nbytes, device)
+    if not ok:
+        return why
+    if deadline.left() < args.min_s_per_model:
+        return f"{deadline.left():.0f} s left < --min-s-per-model {args.min_s_per_model}"
+    return None
 
 
 def sync(device: torch.device) -> None:
@@ -280,15 +295,10 @@ def measure_conditioned(plan, contexts, ks, device, dtype, args, deadline, resul
         config = ConditionedDrafterConfig.for_verifier(
             verifier_config, mask_token_id=verifier_config.vocab_size - 1, num_hidden_layers=layers, block_size=block
         )
-        with torch.device("meta"):
-            nbytes = sum(
-                p.numel() * torch.finfo(dtype).bits // 8
-                for module in (ConditionedDrafterModel(config), BorrowedParts(verifier_config))
-                for p in module.parameters()
-            )
-        ok, why = fits(nbytes, device)
-        if not ok or deadline.left() < args.min_s_per_model:
-            reason = why if not ok else f"{deadline.left():.0f} s left < --min-s-per-model {args.min_s_per_model}"
+        nbytes = parameter_bytes(functools.partial(ConditionedDrafterModel, config), dtype)
+        nbytes += parameter_bytes(functools.partial(BorrowedParts, verifier_config), dtype)
+        reason = skip_reason(nbytes, device, deadline, args)
+        if reason is not None:
             results["skipped"].append(f"{name}: {reason}")
             continue
         start = time.perf_counter()
@@ -406,9 +416,8 @@ def measure_models(plan, role, measure, contexts, sizes, device, dtype, args, de
         shape = SHAPES[shape_name]
         config = qwen2_config(shape, causal=role != "dlm")
         nbytes = model_bytes(config, dtype)
-        ok, why = fits(nbytes, device)
-        if not ok or deadline.left() < args.min_s_per_model:
-            reason = why if not ok else f"{deadline.left():.0f} s left < --min-s-per-model {args.min_s_per_model}"
+        reason = skip_reason(nbytes, device, deadline, args)
+        if reason is not None:
             results["skipped"].append(f"{name}: {reason}")
             continue
         start = time.perf_counter()
