@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
@@ -85,7 +85,7 @@ def causal_path_search(
     if lattice.k == 0:
         return []
     if proxy is None or config.lam == 1.0:
-        return _cut_after_eos(lattice.draft.tolist(), eos)
+        return cut_after_eos(lattice.draft.tolist(), eos)
 
     context = context.tolist() if isinstance(context, torch.Tensor) else list(context)
     order = getattr(proxy, "order", None)  # None: not an n-gram model
@@ -113,7 +113,8 @@ def _as_lattice(
     return logprobs
 
 
-def _cut_after_eos(tokens: list[int], eos: frozenset[int]) -> list[int]:
+def cut_after_eos(tokens: list[int], eos: Collection[int]) -> list[int]:
+    """Keep tokens up to and including the first EOS: nothing after an EOS is ever drafted or kept."""
     for i, t in enumerate(tokens):
         if t in eos:
             return tokens[: i + 1]

@@ -44,6 +44,7 @@ import datasets
 import torch
 
 from .. import jsonl
+from ..decoding.cps import cut_after_eos
 from ..hub import resolve_local
 
 logger = logging.getLogger(__name__)
@@ -429,19 +430,11 @@ class BatchedBackend:
             )
         records = []
         for row, generated in zip(rows, out[:, width:].tolist(), strict=True):
-            completion = _cut_after_eos(generated, self.eos)
+            completion = cut_after_eos(generated, self.eos)  # the rest is padding
             k = self.config.teacher_topk
             topk = teacher_topk(self.model, row.prompt_ids, completion, k) if k else None
             records.append(make_record(row, completion, topk))
         return records
-
-
-def _cut_after_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
-    """Keep tokens up to and including the first EOS (what follows is padding)."""
-    for i, token in enumerate(tokens):
-        if token in eos:
-            return tokens[: i + 1]
-    return tokens
 
 
 class VLLMBackend:
