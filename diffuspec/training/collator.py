@@ -67,6 +67,19 @@ def _left_pad(rows: list[list[int]], pad_token_id: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": attention, "position_ids": positions}
 
 
+def cut_row(
+    row: dict[str, Any], max_prompt_length: int | None, max_completion_length: int | None
+) -> tuple[list[int], list[int]]:
+    """(prompt, completion) cut as training reads them: the last N prompt tokens (the end is what the completion
+    continues), the first N completion tokens. Offline features are computed on rows cut the same way."""
+    prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
+    if max_prompt_length is not None:
+        prompt = prompt[-max_prompt_length:]
+    if max_completion_length is not None:
+        completion = completion[:max_completion_length]
+    return prompt, completion
+
+
 @dataclass
 class DrafterCollator:
     """Pads prompt + completion and builds inputs and targets for every objective (see the module docstring).
@@ -112,12 +125,7 @@ class DrafterCollator:
         missing = [c for c in REQUIRED_COLUMNS if c not in feature]
         if missing:
             raise KeyError(f"example {index} lacks {missing}; drafter data needs columns {list(REQUIRED_COLUMNS)}")
-        prompt = list(feature["prompt_ids"])
-        completion = list(feature["completion_ids"])
-        if self.max_prompt_length is not None:
-            prompt = prompt[-self.max_prompt_length :]  # keep the end: it is what the completion continues
-        if self.max_completion_length is not None:
-            completion = completion[: self.max_completion_length]
+        prompt, completion = cut_row(feature, self.max_prompt_length, self.max_completion_length)
         if not prompt or not completion:
             raise ValueError(f"example {index} has an empty prompt or completion; drafting needs both")
         if self.mask_token_id in prompt or self.mask_token_id in completion:

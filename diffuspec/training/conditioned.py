@@ -30,8 +30,9 @@ from ..models.conditioned import (
     verifier_features_and_logits,
 )
 from .checkpoints import AtomicCheckpointMixin
+from .collator import cut_row
 from .config import DataArguments, parse_config
-from .features import FeatureStore, cut_row
+from .features import FeatureStore
 from .inputs import check_examples, load_examples
 from .losses import (
     IGNORE_INDEX,

@@ -17,13 +17,13 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..models.conditioned import spread_feature_layers, verifier_features
+from .collator import cut_row
 
 META_FILE = "features.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,18 +48,6 @@ class FeatureSpec:
 
     def bytes_per_token(self) -> int:
         return len(self.feature_layers) * self.hidden_size * DTYPES[self.dtype].itemsize
-
-
-def cut_row(
-    row: dict[str, Any], max_prompt_length: int | None, max_completion_length: int | None
-) -> tuple[list[int], list[int]]:
-    """(prompt, completion) cut as training reads them: the last N prompt tokens, the first N completion tokens."""
-    prompt, completion = list(row["prompt_ids"]), list(row["completion_ids"])
-    if max_prompt_length is not None:
-        prompt = prompt[-max_prompt_length:]
-    if max_completion_length is not None:
-        completion = completion[:max_completion_length]
-    return prompt, completion
 
 
 def shard_path(folder: Path, index: int) -> Path:
