@@ -55,7 +55,8 @@ def sample_anchors(completion_length: int, count: int, generator: torch.Generato
     return sorted(int(a) for a in chosen)
 
 
-def _left_pad(rows: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids``, ``attention_mask`` and ``position_ids`` (0 at each row's first real token)."""
     length = max(len(r) for r in rows)
     ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(rows), length), dtype=torch.long)
@@ -170,7 +171,7 @@ class DrafterCollator:
                     blocks.append((index, anchor, k, len(completion)))
                     needed = max(needed, k + self.shifted)
 
-        batch: dict[str, Any] = _left_pad(mdm_rows + block_rows, self.pad_token_id)
+        batch: dict[str, Any] = left_pad(mdm_rows + block_rows, self.pad_token_id)
         width = needed
         batch["logits_to_keep"] = width
         if self.diffusion_rows:
@@ -212,7 +213,7 @@ class DrafterCollator:
         return out
 
     def _clean_rows(self, examples, blocks, k_max: int) -> dict[str, Any]:
-        clean = _left_pad([p + c for p, c, _ in examples], self.pad_token_id)
+        clean = left_pad([p + c for p, c, _ in examples], self.pad_token_id)
         width = max(len(c) for _, c, _ in examples) + 1  # the row before the first completion token is needed
         teacher_index = torch.full((len(blocks), k_max), width - 1, dtype=torch.long)
         for r, (_, anchor, k, n) in enumerate(blocks):

@@ -46,6 +46,7 @@ import torch
 from .. import jsonl
 from ..decoding.cps import cut_after_eos
 from ..hub import resolve_local
+from .collator import left_pad
 
 logger = logging.getLogger(__name__)
 
@@ -410,12 +411,9 @@ class BatchedBackend:
     def __call__(self, rows: Sequence[PromptRow]) -> list[dict[str, Any]]:
         from transformers import GenerationConfig
 
-        width = max(len(row.prompt_ids) for row in rows)
-        input_ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            input_ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
-            attention_mask[i, width - len(row.prompt_ids) :] = 1
+        batch = left_pad([list(row.prompt_ids) for row in rows], self.pad)  # generate derives the positions
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        width = input_ids.shape[1]
         greedy = GenerationConfig(
             do_sample=False,
             max_new_tokens=self.config.max_new_tokens,
