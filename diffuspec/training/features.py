@@ -17,10 +17,12 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..models.conditioned import spread_feature_layers, verifier_features
 from .collator import cut_row
@@ -120,7 +122,8 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 class FeatureStore:
-    """Reads row ``i``'s ``[tokens, F]`` features from the shards (one shard cached at a time)."""
+    """Reads row ``i``'s ``[tokens, F]`` features from the shards. Shards are opened lazily (memory-mapped) and
+    only the row's slice is read, so shuffled batches do not reload whole shards."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -134,7 +137,7 @@ class FeatureStore:
                 f"{self.folder} lacks {len(missing)} of {self.spec.shards} shards (first: {missing[0]}); rerun the "
                 "precompute command to finish them"
             )
-        self._index, self._shard = -1, None
+        self._shards: dict[int, tuple[Any, torch.Tensor]] = {}  # index -> (open file, row offsets)
 
     def check(self, verifier_name: str, feature_layers: list[int], dataset_rows: int, cuts: tuple) -> None:
         """Refuse features that were not computed for this verifier, these layers, this dataset and these cuts."""
@@ -149,7 +152,9 @@ class FeatureStore:
 
     def __getitem__(self, row: int) -> torch.Tensor:
         index = row // self.spec.shard_rows
-        if index != self._index:
-            self._shard, self._index = load_file(str(shard_path(self.folder, index))), index
-        offsets, start = self._shard["offsets"], row % self.spec.shard_rows
-        return self._shard["features"][offsets[start] : offsets[start + 1]]
+        if index not in self._shards:
+            handle = safe_open(str(shard_path(self.folder, index)), framework="pt")
+            self._shards[index] = handle, handle.get_tensor("offsets")
+        handle, offsets = self._shards[index]
+        start = row % self.spec.shard_rows
+        return handle.get_slice("features")[int(offsets[start]) : int(offsets[start + 1])]
