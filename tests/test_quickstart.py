@@ -63,6 +63,32 @@ def test_unknown_preset_key_and_stage_are_refused(tmp_path):
         run_stages(STAGES, QuickstartConfig(), tmp_path, only="verify")
 
 
+@pytest.mark.parametrize("name", ["drafter_init", "eval_prompts_from"])
+def test_unknown_choice_is_refused_naming_it(name):
+    with pytest.raises(ValueError, match=f"{name} must be one of .* got 'other'"):
+        load_preset("fast", **{name: "other"})
+
+
+def test_heldout_prompts_windows_and_file_starts(tmp_path):
+    from diffuspec.quickstart import stages
+
+    config = load_preset("fast", corpus_bytes=60_000, eval_prompts=4, eval_prompt_tokens=16)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stages.build_corpus(config, corpus, {})
+    stream = stages.token_stream(corpus, "heldout")
+    windows = stages.heldout_prompts(config, corpus)
+    assert windows == stages.heldout_prompts(config, corpus)  # seeded
+    assert len(windows) == 4 and all(len(w) == 16 for w in windows)
+    assert all(any(stream[i : i + 16] == w for i in range(len(stream))) for w in windows)
+    starts = stages.heldout_prompts(
+        load_preset("fast", eval_prompts=4, eval_prompt_tokens=16, eval_prompts_from="file_starts"), corpus
+    )
+    assert starts and starts != windows and all(len(p) == 16 for p in starts)
+    with pytest.raises(ValueError, match=f"{len(stream)} tokens, too few for"):
+        stages.windows(stream, 1, len(stream), seed=0)
+
+
 def test_quickstart_restores_the_thread_setting(tmp_path):
     import torch
 

@@ -21,13 +21,18 @@ SHAPE = ("block_size", "batch_size", "lr", "seed")
 
 STAGES = [
     Stage("corpus", (), s.build_corpus, ("corpus_bytes", "heldout_fraction", "vocab_size")),
-    Stage("verifier", ("corpus",), s.build_verifier, ("verifier", "verifier_steps", *SHAPE)),
+    Stage(
+        "verifier",
+        ("corpus",),
+        s.build_verifier,
+        ("verifier", "verifier_steps", "verifier_lr", "block_size", "batch_size", "seed"),
+    ),
     Stage("ar_drafter", ("corpus",), s.build_ar_drafter, ("ar_drafter", "ar_drafter_steps", *SHAPE)),
     Stage(
         "drafter_unaligned",
-        ("corpus", "verifier"),
+        ("corpus", "verifier", "ar_drafter"),
         s.build_drafter_unaligned,
-        ("drafter_layers", "drafter_steps", *SHAPE),
+        ("drafter_init", "drafter_layers", "drafter_steps", *SHAPE),
     ),
     Stage(
         "data",
@@ -40,6 +45,7 @@ STAGES = [
             "teacher_topk",
             "eval_prompts",
             "eval_prompt_tokens",
+            "eval_prompts_from",
             "seed",
         ),
     ),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+DRAFTER_INITS = ("ar_drafter", "verifier")
+EVAL_PROMPT_SOURCES = ("windows", "file_starts")
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu" / "quickstart.yaml"
 
 
@@ -33,12 +35,19 @@ class QuickstartConfig:
     block_size: int = field(default=128, metadata={"help": "Training sequence length."})
     verifier: ModelShape = field(default_factory=lambda: ModelShape(256, 4, intermediate_size=768))
     verifier_steps: int = 500
+    verifier_lr: float = field(
+        default=1e-3, metadata={"help": "The verifier's peak learning rate (the deeper model trains worse at lr)."}
+    )
     ar_drafter: ModelShape = field(default_factory=lambda: ModelShape(128, 1, 4, 2, 384))
     ar_drafter_steps: int = 300
-    drafter_layers: int = field(default=1, metadata={"help": "Verifier layers the diffusion drafter starts from."})
+    drafter_init: str = field(
+        default="ar_drafter",
+        metadata={"help": "Causal LM the diffusion drafter is adapted from: 'ar_drafter' or 'verifier'."},
+    )
+    drafter_layers: int = field(default=1, metadata={"help": "Layers of drafter_init the diffusion drafter keeps."})
     drafter_steps: int = 300
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = field(default=3e-3, metadata={"help": "Peak learning rate of the small models' pretraining."})
     # alignment data: verifier continuations of training-split prompts
     data_prompts: int = 400
     prompt_tokens: int = 64
@@ -52,6 +61,9 @@ class QuickstartConfig:
     # evaluation
     eval_prompts: int = 20
     eval_prompt_tokens: int = 128
+    eval_prompts_from: str = field(
+        default="windows", metadata={"help": "Held-out prompts: 'windows' (seeded offsets) or 'file_starts'."}
+    )
     max_new_tokens: int = 64
     repeats: int = 3
     draft_window: int | None = field(default=64, metadata={"help": "Diffusion drafter context window (tokens)."})
@@ -65,6 +77,9 @@ class QuickstartConfig:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"quickstart setting {f.name} must be >= 0, got {value}")
+        for name, allowed in (("drafter_init", DRAFTER_INITS), ("eval_prompts_from", EVAL_PROMPT_SOURCES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"quickstart setting {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.repeats < 3:
             raise ValueError(f"repeats must be >= 3 (speedup is a median of interleaved repeats), got {self.repeats}")
 

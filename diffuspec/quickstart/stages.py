@@ -43,7 +43,9 @@ def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTraine
     )
 
 
-def _pretrain(config: QuickstartConfig, out: Path, corpus: Path, shape: ModelShape, steps: int, seed: int) -> None:
+def _pretrain(
+    config: QuickstartConfig, out: Path, corpus: Path, shape: ModelShape, steps: int, lr: float, seed: int
+) -> None:
     tokenizer = load_tokenizer(corpus)
     model = _causal_lm(config, shape, tokenizer, seed)
     train_causal_lm(
@@ -52,7 +54,7 @@ def _pretrain(config: QuickstartConfig, out: Path, corpus: Path, shape: ModelSha
         out / "trainer",
         max_steps=steps,
         batch_size=config.batch_size,
-        lr=config.lr,
+        lr=lr,
         seed=seed,
     )
     model.save_pretrained(out)
@@ -61,20 +63,44 @@ def _pretrain(config: QuickstartConfig, out: Path, corpus: Path, shape: ModelSha
 
 def build_verifier(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
     """The verifier: a small Qwen2 causal LM pretrained on the train split."""
-    _pretrain(config, out, inputs["corpus"], config.verifier, config.verifier_steps, config.seed)
+    _pretrain(config, out, inputs["corpus"], config.verifier, config.verifier_steps, config.verifier_lr, config.seed)
 
 
 def build_ar_drafter(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
     """A smaller causal LM on the same corpus, for the SpS / assisted-generation baselines."""
-    _pretrain(config, out, inputs["corpus"], config.ar_drafter, config.ar_drafter_steps, config.seed + 1)
+    _pretrain(config, out, inputs["corpus"], config.ar_drafter, config.ar_drafter_steps, config.lr, config.seed + 1)
 
 
 def load_causal_lm(folder: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(folder).eval()
 
 
+def token_stream(corpus: Path, split: str) -> list[int]:
+    """One split of the corpus as a single token stream, files separated by EOS."""
+    tokenizer = load_tokenizer(corpus)
+    stream: list[int] = []
+    for ids in tokenizer(read_texts(corpus / f"{split}.jsonl"), add_special_tokens=False).input_ids:
+        stream.extend(ids + [tokenizer.eos_token_id])
+    return stream
+
+
+def windows(stream: list[int], count: int, length: int, seed: int) -> list[list[int]]:
+    """``count`` windows of ``length`` tokens at seeded offsets of ``stream``."""
+    if len(stream) <= length:
+        raise ValueError(f"the corpus split has {len(stream)} tokens, too few for {length}-token prompts")
+    starts = torch.randint(0, len(stream) - length, (count,), generator=torch.Generator().manual_seed(seed))
+    return [stream[s : s + length] for s in starts.tolist()]
+
+
 def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
-    """One prompt per held-out file: its first ``eval_prompt_tokens`` tokens (files too short are skipped)."""
+    """Evaluation prompts from the held-out files.
+
+    ``windows`` (the default): windows at seeded offsets, built like the alignment prompts of the train split, so
+    evaluation measures the same kind of prompt on unseen files. ``file_starts``: each file's first tokens, which are
+    mostly licence text and module docstrings; after them the tiny verifier often falls into blank-line loops that
+    every drafter predicts alike (recipes/tiny-cpu/README.md)."""
+    if config.eval_prompts_from == "windows":
+        return windows(token_stream(corpus, "heldout"), config.eval_prompts, config.eval_prompt_tokens, config.seed)
     tokenizer = load_tokenizer(corpus)
     prompts = []
     for text in read_texts(corpus / "heldout.jsonl"):
@@ -107,14 +133,9 @@ def corpus_examples(config: QuickstartConfig, corpus: Path) -> list[dict]:
 
 
 def train_prompts(config: QuickstartConfig, corpus: Path) -> list[dict]:
-    """Prompts for the verifier's continuations: windows at seeded offsets of the train split's blocks."""
-    rng = torch.Generator().manual_seed(config.seed)
-    tokenizer = load_tokenizer(corpus)
-    stream: list[int] = []
-    for ids in tokenizer(read_texts(corpus / "train.jsonl"), add_special_tokens=False).input_ids:
-        stream.extend(ids + [tokenizer.eos_token_id])
-    starts = torch.randint(0, len(stream) - config.prompt_tokens, (config.data_prompts,), generator=rng)
-    return [{"id": f"p{i}", "prompt_ids": stream[s : s + config.prompt_tokens]} for i, s in enumerate(starts.tolist())]
+    """Prompts for the verifier's continuations: windows at seeded offsets of the train split."""
+    prompts = windows(token_stream(corpus, "train"), config.data_prompts, config.prompt_tokens, config.seed)
+    return [{"id": f"p{i}", "prompt_ids": p} for i, p in enumerate(prompts)]
 
 
 def run_training(recipe: Path, overrides: dict[str, object]) -> None:
@@ -135,15 +156,18 @@ def run_training(recipe: Path, overrides: dict[str, object]) -> None:
 
 
 def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """The 'off-the-shelf' diffusion drafter: the verifier's lower layers made bidirectional (Dream-style
-    adaptation), then pretrained with the generic masked-diffusion objective on the corpus, not on the verifier."""
+    """The 'off-the-shelf' diffusion drafter: the lower layers of a causal LM made bidirectional (Dream-style
+    adaptation), then pretrained with the generic masked-diffusion objective on the corpus, not on the verifier.
+
+    The causal LM is ``config.drafter_init``: the small AR model (the default; like Dream-7B, which is adapted from
+    a smaller sibling of the verifiers it drafts for) or the verifier itself."""
     from ..models.adapt import adapt_ar_to_diffusion
     from ..training.trainer import write_drafter_marker
 
     tokenizer = load_tokenizer(inputs["corpus"])
-    verifier = load_causal_lm(inputs["verifier"])
+    source = load_causal_lm(inputs[config.drafter_init])
     drafter, mask_id = adapt_ar_to_diffusion(
-        verifier, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id
+        source, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id
     )
     init = out / "init"
     drafter.save_pretrained(init)
