@@ -103,10 +103,26 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a YAML value (``3``, ``1e-3``, ``verifier``, ``{hidden_size: 256, num_layers: 2}``)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
 
-    run_quickstart(preset="fast" if args.fast else args.preset, run_dir=args.run_dir, force=args.force, only=args.stage)
+    run_quickstart(
+        preset="fast" if args.fast else args.preset,
+        run_dir=args.run_dir,
+        force=args.force,
+        only=args.stage,
+        overrides=dict(args.set),
+    )
     return 0
 
 
@@ -135,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--run-dir", default="runs/quickstart", help="Where every stage's artifacts are cached.")
     quick.add_argument("--force", action="store_true", help="Rebuild stages even when cached.")
     quick.add_argument("--stage", default=None, help="Build only this stage (its inputs must be built).")
+    quick.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one preset setting (repeatable); stages whose settings change are rebuilt.",
+    )
     quick.set_defaults(func=cmd_quickstart)
 
     from .evaluation.config import add_arguments as add_eval_arguments

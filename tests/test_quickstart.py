@@ -96,3 +96,20 @@ def test_quickstart_restores_the_thread_setting(tmp_path):
     with pytest.raises(RuntimeError):
         run_quickstart("fast", tmp_path, only="verifier")  # fails fast: corpus not built
     assert torch.get_num_threads() == before
+
+
+def test_cli_set_overrides_reach_the_preset(tmp_path, monkeypatch):
+    from diffuspec import cli
+
+    seen = {}
+    monkeypatch.setattr("diffuspec.quickstart.run_quickstart", lambda **kwargs: seen.update(kwargs))
+    args = cli.build_parser().parse_args(
+        ["quickstart", "--fast", "--set", "drafter_init=verifier", "--set", "verifier={hidden_size: 32, num_layers: 1}"]
+    )
+    assert args.func(args) == 0
+    assert seen["preset"] == "fast"
+    assert seen["overrides"] == {"drafter_init": "verifier", "verifier": {"hidden_size": 32, "num_layers": 1}}
+    config = load_preset("fast", **seen["overrides"])
+    assert config.drafter_init == "verifier" and config.verifier.hidden_size == 32
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["quickstart", "--set", "drafter_init"])

@@ -81,10 +81,17 @@ STAGES = [
 
 
 def run_quickstart(
-    preset: str = "full", run_dir: str | Path = "runs/quickstart", force: bool = False, only: str | None = None
+    preset: str = "full",
+    run_dir: str | Path = "runs/quickstart",
+    force: bool = False,
+    only: str | None = None,
+    overrides: dict[str, object] | None = None,
 ) -> Path:
-    """Build every stage (cached), print the results table and return the run folder."""
-    config: QuickstartConfig = load_preset(preset)
+    """Build every stage (cached), print the results table and return the run folder.
+
+    ``overrides`` replace preset settings (unknown names are refused); only the stages whose settings or inputs
+    change are rebuilt, so a variant can start from a copy of another run's folders."""
+    config: QuickstartConfig = load_preset(preset, **(overrides or {}))
     run_dir = Path(run_dir)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -96,7 +103,12 @@ def run_quickstart(
     results = folders["eval"] / "results.md"
     if results.exists() and only in (None, "eval"):
         print(results.read_text())
-    summary = {"preset": preset, "seconds": round(time.perf_counter() - start, 1), "run_dir": str(run_dir)}
+    summary = {
+        "preset": preset,
+        "overrides": overrides or {},
+        "seconds": round(time.perf_counter() - start, 1),
+        "run_dir": str(run_dir),
+    }
     print(json.dumps(summary))
     print(f"Results in {folders['eval']} (results.json, results.md, plots)")
     return run_dir
