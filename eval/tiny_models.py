@@ -29,24 +29,11 @@ CHAT_TEMPLATE = (
 
 def make_tokenizer(texts: list[str], vocab_size: int):
     """Byte-level BPE (any text encodes) with EOS/PAD/MASK and chat-role specials, in the transformers format."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from diffuspec.models.tokenizers import train_bpe_tokenizer
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>", mask_token="<|mask|>"
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    tokenizer = train_bpe_tokenizer(texts, vocab_size, extra_special_tokens=SPECIALS[3:])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
 
 
 def write_models(

@@ -113,3 +113,24 @@ def test_cli_set_overrides_reach_the_preset(tmp_path, monkeypatch):
     assert config.drafter_init == "verifier" and config.verifier.hidden_size == 32
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["quickstart", "--set", "drafter_init"])
+
+
+def test_quickstart_tokenizer_encodes_alike_on_every_loading_path(tmp_path):
+    """A model folder (config.json model_type qwen2) loads its tokenizer through AutoTokenizer as the model type's
+    class; the ids must be those of the tokenizer the models were trained with."""
+    from transformers import PreTrainedTokenizerFast
+
+    from diffuspec.models.tiny import tiny_qwen2
+    from diffuspec.quickstart.corpus import train_tokenizer
+
+    text = "def f(x):\n    if x:\n        return _create_careful(x)  # ok\n\n\n"
+    tokenizer = train_tokenizer([text * 20, "class A:\n    pass\n" * 20], 300, tmp_path / "tok")
+    assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|pad|>", "<|mask|>"]) == [0, 1, 2]
+    assert (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.mask_token_id) == (0, 1, 2)
+    folder = tmp_path / "model"
+    tiny_qwen2(vocab_size=len(tokenizer), hidden_size=32, num_layers=1).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    expected = tokenizer(text).input_ids
+    for loaded in (AutoTokenizer.from_pretrained(folder), PreTrainedTokenizerFast.from_pretrained(folder)):
+        assert loaded(text).input_ids == expected
+        assert loaded.decode(expected) == text and loaded.mask_token_id == 2

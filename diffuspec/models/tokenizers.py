@@ -14,6 +14,7 @@ the verifier's eos ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 _ROLES = ("eos", "pad", "bos")
@@ -52,3 +53,22 @@ def check_tokenizers_compatible(drafter_tokenizer: Any, verifier_tokenizer: Any)
                     f"the {owner}'s {role} token {token!r} (drafter id {in_drafter}, verifier id "
                     f"{in_verifier}) is missing from the {missing} vocabulary, so the models disagree on it"
                 )
+
+
+EOS_TOKEN, PAD_TOKEN, MASK_TOKEN = "<|endoftext|>", "<|pad|>", "<|mask|>"
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, extra_special_tokens: Sequence[str] = ()) -> Any:
+    """A byte-level BPE trained on ``texts``, as a transformers ``Qwen2Tokenizer``, with ``<|endoftext|>`` (eos),
+    ``<|pad|>`` and ``<|mask|>`` as ids 0, 1, 2 and ``extra_special_tokens`` after them.
+
+    Why Qwen2's class: transformers 5 gives a folder whose config.json says ``model_type: qwen2`` the tokenizer
+    class of that model type, which applies Qwen2's own pre-tokenizer whatever tokenizer.json says. A BPE trained
+    with other splitting rules and saved next to a Qwen2 model would then encode text differently from the ids the
+    models were trained on. Trained as a Qwen2 tokenizer, every loading path gives the same ids."""
+    from transformers import Qwen2Tokenizer
+
+    specials = [EOS_TOKEN, PAD_TOKEN, MASK_TOKEN, *extra_special_tokens]
+    tokenizer = Qwen2Tokenizer().train_new_from_iterator(texts, vocab_size=vocab_size, new_special_tokens=specials)
+    tokenizer.eos_token, tokenizer.pad_token, tokenizer.mask_token = EOS_TOKEN, PAD_TOKEN, MASK_TOKEN
+    return tokenizer

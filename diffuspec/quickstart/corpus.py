@@ -11,10 +11,10 @@ import json
 import sysconfig
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
-EOS, PAD, MASK = "<|endoftext|>", "<|pad|>", "<|mask|>"
+from ..models.tokenizers import train_bpe_tokenizer
+
 SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
 
 
@@ -65,24 +65,14 @@ def read_texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.open()]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerBase:
     """Byte-level BPE with EOS, PAD and MASK as special tokens, saved in the transformers format."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS, PAD, MASK],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD, mask_token=MASK)
-    fast.save_pretrained(out_dir)
-    return fast
+    tokenizer = train_bpe_tokenizer(texts, vocab_size)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
 
 
-def pack(texts: list[str], tokenizer: PreTrainedTokenizerFast, block: int) -> list[list[int]]:
+def pack(texts: list[str], tokenizer: PreTrainedTokenizerBase, block: int) -> list[list[int]]:
     """Tokenize each file, end it with EOS, concatenate and cut into blocks of ``block`` tokens."""
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False).input_ids:

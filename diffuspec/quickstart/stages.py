@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from ..models.tiny import tiny_qwen2
 from .config import ModelShape, QuickstartConfig
@@ -20,15 +20,15 @@ def build_corpus(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -
     train_tokenizer(read_texts(paths["train"]), config.vocab_size, out / "tokenizer")
 
 
-def load_tokenizer(corpus: Path) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast.from_pretrained(corpus / "tokenizer")
+def load_tokenizer(corpus: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(corpus / "tokenizer")
 
 
 def train_blocks(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
     return pack(read_texts(corpus / "train.jsonl"), load_tokenizer(corpus), config.block_size)
 
 
-def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTrainedTokenizerFast, seed: int):
+def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTrainedTokenizerBase, seed: int):
     return tiny_qwen2(
         seed=seed,
         vocab_size=len(tokenizer),
