@@ -322,3 +322,12 @@ def test_programmatic_hook_with_in_memory_models(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["tasks"] == {"code": 1, "text": 1} and results["lossless"] is True
     assert {m["new_tokens"] for m in results["methods"].values()} == {6 * 2 * 3}
+
+
+def test_steady_cpu_allocator_applies_on_linux_and_is_recorded():
+    import sys
+
+    from diffuspec.evaluation.harness import environment, steady_cpu_allocator
+
+    assert steady_cpu_allocator() is sys.platform.startswith("linux")
+    assert environment(torch.device("cpu"))["steady_cpu_allocator"] is sys.platform.startswith("linux")

@@ -1,0 +1,103 @@
+"""Plain decoding and the aligned diffusion drafter of a quickstart run at 1 and 2 torch threads, interleaved.
+
+    python eval/compare_threads.py --run-dir runs/quickstart
+
+``diffuspec eval`` times every method at one thread setting, so comparing two settings takes two runs, minutes
+apart, and this VM's speed drifts more between runs than the effect being measured. Here every prompt is decoded
+by each (method, threads) pair in turn, the order of the two settings alternating between repeats, so drift hits
+all four alike. Prints tokens per second (median of the repeats) and each setting's speedup over plain decoding
+at the same setting, and over plain decoding at its best setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from diffuspec.config import ADLConfig, CPSConfig, DecodeConfig
+from diffuspec.decoding.loop import SpeculativeDecoder
+from diffuspec.decoding.proxy import load_proxy
+from diffuspec.drafters.diffusion import DiffusionDrafter
+from diffuspec.evaluation.harness import steady_cpu_allocator
+from diffuspec.models.loading import load_diffusion_model
+from diffuspec.quickstart.stages import ADL_TINY
+
+THREADS = (1, 2)
+
+
+def decoders(run_dir: Path) -> dict[str, SpeculativeDecoder]:
+    """``ar`` and ``dlm_aligned`` as the quickstart's evaluation builds them (CPS m_max 8, ADL 4..12, window 64)."""
+    verifier = AutoModelForCausalLM.from_pretrained(run_dir / "verifier").eval()
+    model, mask_token_id, shifted = load_diffusion_model(run_dir / "drafter_aligned" / "model")
+    drafter = DiffusionDrafter(model, mask_token_id, shifted=shifted, context_window=64)
+    config = DecodeConfig(
+        cps=CPSConfig(m_max=8, proxy=load_proxy(run_dir / "proxy" / "proxy.json")), adl=ADLConfig(**ADL_TINY)
+    )
+    return {"ar": SpeculativeDecoder(verifier), "dlm_aligned": SpeculativeDecoder(verifier, drafter, config)}
+
+
+def measure(
+    methods: dict[str, SpeculativeDecoder], prompts: list[torch.Tensor], max_new_tokens: int, repeats: int
+) -> dict[tuple[str, int], list[float]]:
+    """Tokens per second of each (method, threads) pair, one value per repeat; the first prompt warms each up."""
+    eos = [int(methods["ar"].verifier.model.config.eos_token_id)]
+    for threads in THREADS:
+        torch.set_num_threads(threads)
+        for decoder in methods.values():
+            decoder.generate(prompts[0], max_new_tokens, eos_token_id=eos)
+    rates: dict[tuple[str, int], list[float]] = {(m, t): [] for m in methods for t in THREADS}
+    for repeat in range(repeats):
+        seconds = dict.fromkeys(rates, 0.0)
+        tokens = dict.fromkeys(rates, 0)
+        for prompt in prompts:
+            for threads in THREADS if repeat % 2 == 0 else THREADS[::-1]:
+                torch.set_num_threads(threads)
+                for name, decoder in methods.items():
+                    start = time.perf_counter()
+                    out = decoder.generate(prompt, max_new_tokens, eos_token_id=eos)
+                    seconds[(name, threads)] += time.perf_counter() - start
+                    tokens[(name, threads)] += out.stats.new_tokens
+        for key in rates:
+            rates[key].append(tokens[key] / seconds[key])
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/quickstart"))
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not (args.run_dir / "drafter_aligned" / "model").is_dir():
+        raise SystemExit(
+            f"{args.run_dir} has no drafter_aligned/model: run `diffuspec quickstart --run-dir {args.run_dir}`"
+        )
+    prompts = [
+        torch.tensor(json.loads(line)["prompt_ids"]) for line in open(args.run_dir / "data" / "heldout_prompts.jsonl")
+    ]
+    steady_cpu_allocator()  # as diffuspec eval does
+    before = torch.get_num_threads()
+    try:
+        rates = measure(decoders(args.run_dir), prompts, args.max_new_tokens, args.repeats)
+    finally:
+        torch.set_num_threads(before)
+    median = {key: statistics.median(values) for key, values in rates.items()}
+    best_plain = max(median[("ar", t)] for t in THREADS)
+    print(f"{len(prompts)} prompts x {args.max_new_tokens} new tokens, {args.repeats} interleaved repeats")
+    print("| method | threads | tok/s (median) | per repeat | speedup at same threads | speedup over best plain |")
+    print("|---|---|---|---|---|---|")
+    for (name, threads), values in rates.items():
+        same = median[(name, threads)] / median[("ar", threads)]
+        best = median[(name, threads)] / best_plain
+        per_repeat = ", ".join(f"{v:.1f}" for v in values)
+        print(f"| {name} | {threads} | {median[(name, threads)]:.1f} | {per_repeat} | {same:.2f}x | {best:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
