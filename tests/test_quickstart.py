@@ -33,6 +33,10 @@ def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
     for name in ("results.md",):
         assert (run_dir / "eval" / name).exists()
     assert list((run_dir / "eval").glob("*.png"))
+    from diffuspec.quickstart.stages import heldout_loss
+
+    losses = heldout_loss(run_dir, windows_count=4, length=16)
+    assert set(losses) == {"verifier", "ar_drafter"} and all(0 < v < 10 for v in losses.values())
     capsys.readouterr()
 
     run_quickstart("fast", run_dir)  # a rerun skips every finished stage

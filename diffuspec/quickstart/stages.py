@@ -112,6 +112,18 @@ def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
     return prompts
 
 
+@torch.no_grad()
+def heldout_loss(run_dir: str | Path, windows_count: int = 64, length: int = 128, seed: int = 5) -> dict[str, float]:
+    """Mean next-token loss of the run's verifier and AR drafter on seeded windows of the held-out files (printed)."""
+    run_dir = Path(run_dir)
+    ids = torch.tensor(windows(token_stream(run_dir / "corpus", "heldout"), windows_count, length, seed))
+    losses = {}
+    for name in ("verifier", "ar_drafter"):
+        losses[name] = round(load_causal_lm(run_dir / name)(input_ids=ids, labels=ids).loss.item(), 3)
+    print(losses)
+    return losses
+
+
 def write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2))
 
