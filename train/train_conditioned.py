@@ -29,4 +29,6 @@ def main(model_args, data_args, training_args):
 
 
 if __name__ == "__main__":
-    main(*parse_conditioned_config())
+    # end_training destroys the process group: a gloo/NCCL group left to interpreter exit can abort the process
+    # ("terminate called without an active exception") after the run has finished and saved.
+    main(*parse_conditioned_config()).accelerator.end_training()

@@ -118,4 +118,6 @@ def main(model_args, data_args, training_args) -> DrafterTrainer:
 
 if __name__ == "__main__":
     model_args, data_args, training_args = parse_config()
-    main(model_args, data_args, training_args)
+    # end_training destroys the process group: a gloo/NCCL group left to interpreter exit can abort the process
+    # ("terminate called without an active exception") after the run has finished and saved.
+    main(model_args, data_args, training_args).accelerator.end_training()
