@@ -308,7 +308,8 @@ state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
 digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
 with open(os.path.join({out!r}, f"rank{{torch.distributed.get_rank()}}.json"), "w") as f:
     json.dump({{"world": torch.distributed.get_world_size(), "digest": digest, "step": trainer.state.global_step}}, f)
-trainer.accelerator.end_training()  # as the script's __main__ does
+trainer.accelerator.wait_for_everyone()  # as the script's __main__ does
+trainer.accelerator.end_training()
 """
 
 

@@ -41,7 +41,8 @@ with open(os.path.join({out!r}, f"rank{{rank}}.json"), "w") as f:
     json.dump({{"world": torch.distributed.get_world_size(), "digest": digest, "step": trainer.state.global_step,
                "batch": trainer._train_batch_size * trainer.args.world_size,
                "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}}, f)
-trainer.accelerator.end_training()  # as the script's __main__ does
+trainer.accelerator.wait_for_everyone()  # as the script's __main__ does
+trainer.accelerator.end_training()
 """
 
 

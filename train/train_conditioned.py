@@ -31,4 +31,6 @@ def main(model_args, data_args, training_args):
 if __name__ == "__main__":
     # end_training destroys the process group: a gloo/NCCL group left to interpreter exit can abort the process
     # ("terminate called without an active exception") after the run has finished and saved.
-    main(*parse_conditioned_config()).accelerator.end_training()
+    accelerator = main(*parse_conditioned_config()).accelerator
+    accelerator.wait_for_everyone()
+    accelerator.end_training()

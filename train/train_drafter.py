@@ -120,4 +120,6 @@ if __name__ == "__main__":
     model_args, data_args, training_args = parse_config()
     # end_training destroys the process group: a gloo/NCCL group left to interpreter exit can abort the process
     # ("terminate called without an active exception") after the run has finished and saved.
-    main(model_args, data_args, training_args).accelerator.end_training()
+    accelerator = main(model_args, data_args, training_args).accelerator
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
