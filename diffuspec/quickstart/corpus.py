@@ -72,9 +72,15 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> PreTrai
     return tokenizer
 
 
-def pack(texts: list[str], tokenizer: PreTrainedTokenizerBase, block: int) -> list[list[int]]:
-    """Tokenize each file, end it with EOS, concatenate and cut into blocks of ``block`` tokens."""
+def file_stream(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Tokenize each file, end it with EOS and concatenate them into one token stream."""
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False).input_ids:
         stream.extend(ids + [tokenizer.eos_token_id])
+    return stream
+
+
+def pack(texts: list[str], tokenizer: PreTrainedTokenizerBase, block: int) -> list[list[int]]:
+    """The files' token stream (``file_stream``) cut into blocks of ``block`` tokens."""
+    stream = file_stream(texts, tokenizer)
     return [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from ..models.tiny import tiny_qwen2
 from .config import ModelShape, QuickstartConfig
-from .corpus import pack, read_texts, train_tokenizer, write_corpus
+from .corpus import file_stream, pack, read_texts, train_tokenizer, write_corpus
 from .pretrain import train_causal_lm
 
 
@@ -77,11 +77,7 @@ def load_causal_lm(folder: Path) -> torch.nn.Module:
 
 def token_stream(corpus: Path, split: str) -> list[int]:
     """One split of the corpus as a single token stream, files separated by EOS."""
-    tokenizer = load_tokenizer(corpus)
-    stream: list[int] = []
-    for ids in tokenizer(read_texts(corpus / f"{split}.jsonl"), add_special_tokens=False).input_ids:
-        stream.extend(ids + [tokenizer.eos_token_id])
-    return stream
+    return file_stream(read_texts(corpus / f"{split}.jsonl"), load_tokenizer(corpus))
 
 
 def windows(stream: list[int], count: int, length: int, seed: int) -> list[list[int]]:
