@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import resource
@@ -424,9 +425,10 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 # ---------------------------------------------------------------- the whole run
 
 
+@functools.cache
 def steady_cpu_allocator() -> bool:
     """Stop glibc's malloc from handing freed memory back to the system between calls (Linux/glibc only; returns
-    whether it applied).
+    whether it applied; applied once per process, later calls only report).
 
     With glibc's defaults, large tensors are mmap-ed and freed memory is trimmed, so a method timed right after
     another one (interleaving) pays page faults to fault its buffers back in. On the quickstart's CPU models this
@@ -448,7 +450,7 @@ def steady_cpu_allocator() -> bool:
 
 def evaluate(config: EvalConfig) -> int:
     """Run a recipe end to end; returns the exit code (1 on a lossless mismatch or a failed call)."""
-    if config.device in ("cpu", "auto") and not torch.cuda.is_available():
+    if resolve_device(config.device).type == "cpu":  # before any model loads or any timing
         steady_cpu_allocator()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
