@@ -20,24 +20,32 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from diffuspec.config import ADLConfig, CPSConfig, DecodeConfig
+from diffuspec.config import DecodeConfig
 from diffuspec.decoding.loop import SpeculativeDecoder
 from diffuspec.decoding.proxy import load_proxy
 from diffuspec.drafters.diffusion import DiffusionDrafter
+from diffuspec.evaluation.config import MethodSpec
 from diffuspec.evaluation.harness import steady_cpu_allocator
 from diffuspec.models.loading import load_diffusion_model
-from diffuspec.quickstart.stages import ADL_TINY
+from diffuspec.quickstart import STAGES
+from diffuspec.quickstart.config import load_preset
+from diffuspec.quickstart.stages import eval_methods
 
 THREADS = (1, 2)
 
 
 def decoders(run_dir: Path) -> dict[str, SpeculativeDecoder]:
-    """``ar`` and ``dlm_aligned`` as the quickstart's evaluation builds them (CPS m_max 8, ADL 4..12, window 64)."""
+    """``ar`` and ``dlm_aligned`` exactly as the full preset's evaluation builds them (its method spec)."""
+    stages = {stage.name: run_dir / stage.name for stage in STAGES}
+    raw = next(m for m in eval_methods(load_preset("full"), stages) if m.get("name") == "dlm_aligned")
+    spec = MethodSpec.from_dict(raw, "the quickstart's evaluation", ar_drafter=None)
     verifier = AutoModelForCausalLM.from_pretrained(run_dir / "verifier").eval()
-    model, mask_token_id, shifted = load_diffusion_model(run_dir / "drafter_aligned" / "model")
-    drafter = DiffusionDrafter(model, mask_token_id, shifted=shifted, context_window=64)
+    model, mask_token_id, shifted = load_diffusion_model(spec.drafter)
+    drafter = DiffusionDrafter(
+        model, mask_token_id, shifted=shifted, steps=spec.steps, context_window=spec.context_window
+    )
     config = DecodeConfig(
-        cps=CPSConfig(m_max=8, proxy=load_proxy(run_dir / "proxy" / "proxy.json")), adl=ADLConfig(**ADL_TINY)
+        cps=spec.cps_config(load_proxy(spec.proxy)), adl=spec.adl_config(), draft_length=spec.draft_length
     )
     return {"ar": SpeculativeDecoder(verifier), "dlm_aligned": SpeculativeDecoder(verifier, drafter, config)}
 
