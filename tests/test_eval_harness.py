@@ -23,7 +23,7 @@ from diffuspec.evaluation import (
     report_run,
 )
 from diffuspec.evaluation.methods import HFRunner, check_drafter_compatible
-from diffuspec.evaluation.report import CARD_BEGIN, CARD_END, PLOTS
+from diffuspec.evaluation.report import CARD_BEGIN, CARD_END, PLOTS, round_cost_table
 from diffuspec.models.tiny import tiny_qwen2
 
 SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
@@ -165,6 +165,13 @@ def test_tiny_jsonl_run(folders, tmp_path):
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(records) == 3 * 3 * len(names)  # repeats x prompts x methods, warm-up excluded
     assert "| Method |" in (out / "results.md").read_text()
+    # The round-cost table: a row per method with a time split, its total in plain steps = the break-even tau.
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in round_cost_table(results).splitlines()[2:]}
+    assert "ar" not in rows and "hf_pld" not in rows and "dlm_cps_adl" in rows
+    m = methods["dlm_cps_adl"]
+    steps = sum(split.values()) / m["rounds"] / ar["cost_model"]["ar_step_s"]
+    assert float(rows["dlm_cps_adl"][-1].rstrip(" |")) == pytest.approx(steps, abs=0.006)
+    assert "## Cost of a round" in (out / "results.md").read_text()
 
 
 def test_spec_bench_multi_turn(folders, tmp_path):

@@ -112,6 +112,28 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def round_cost_table(results: dict[str, Any]) -> str:
+    """Each block method's mean round in baseline steps: a round pays off when τ exceeds its total."""
+    step_s = (results["methods"][results["baseline"]]["cost_model"] or {}).get("ar_step_s")
+    lines = [
+        "| Method | τ | tokens verified | draft | search | verify | loop overhead | round = break-even τ |",
+        "|---" * 8 + "|",
+    ]
+    for name, m in results["methods"].items():
+        split = m["time_split_s"]
+        if not step_s or not split or not m["rounds"] or name == results["baseline"]:
+            continue
+        steps = {part: seconds / m["rounds"] / step_s for part, seconds in split.items()}
+        cells = [
+            _num(m["tau"]),
+            _num(m["mean_path_length"], ".1f"),
+            *(_num(steps[part]) for part in ("draft", "search", "verify", "other")),
+            _num(sum(steps.values())),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def setup_line(results: dict[str, Any]) -> str:
     env, bench = results["env"], results["benchmark"]
     return (
@@ -136,6 +158,11 @@ def markdown_report(results: dict[str, Any]) -> str:
         " transformers methods have no split; their τ is counted from verifier forward passes.\n\n"
     )
     out.write(f"## Speedup per task\n\n{per_task_table(results)}\n\n## Summary\n\n{summary_table(results)}\n\n")
+    out.write(
+        f"## Cost of a round\n\nMean time per round in {results['baseline']} steps (its time per token), so a method "
+        "gains only when τ exceeds the round's total. Tokens verified: the mean path length sent to the verifier.\n\n"
+        f"{round_cost_table(results)}\n\n"
+    )
     memory = results["peak_memory"]
     out.write(f"Peak memory ({memory['kind']}): {memory['bytes'] / 2**20:.0f} MiB. {memory['note']}.\n\n")
     out.write("## Lossless check\n\n")
