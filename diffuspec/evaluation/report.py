@@ -116,7 +116,7 @@ def round_cost_table(results: dict[str, Any]) -> str:
     """Each block method's mean round in baseline steps: a round pays off when τ exceeds its total."""
     step_s = (results["methods"][results["baseline"]]["cost_model"] or {}).get("ar_step_s")
     lines = [
-        "| Method | τ | tokens verified | draft | search | verify | loop overhead | round = break-even τ |",
+        "| Method | τ | tokens verified | draft | search | verify | other | round = break-even τ |",
         "|---" * 8 + "|",
     ]
     for name, m in results["methods"].items():
@@ -160,7 +160,8 @@ def markdown_report(results: dict[str, Any]) -> str:
     out.write(f"## Speedup per task\n\n{per_task_table(results)}\n\n## Summary\n\n{summary_table(results)}\n\n")
     out.write(
         f"## Cost of a round\n\nMean time per round in {results['baseline']} steps (its time per token), so a method "
-        "gains only when τ exceeds the round's total. Tokens verified: the mean path length sent to the verifier.\n\n"
+        "gains only when τ exceeds the round's total. Tokens verified: the mean path length sent to the verifier; other: "
+        "the rest of the call (prefill, cache commits, ADL, bookkeeping).\n\n"
         f"{round_cost_table(results)}\n\n"
     )
     memory = results["peak_memory"]
