@@ -12,20 +12,16 @@ at the same setting, and over plain decoding at its best setting.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
-from diffuspec.config import DecodeConfig
-from diffuspec.decoding.loop import SpeculativeDecoder
-from diffuspec.decoding.proxy import load_proxy
-from diffuspec.drafters.diffusion import DiffusionDrafter
 from diffuspec.evaluation.config import MethodSpec
 from diffuspec.evaluation.harness import steady_cpu_allocator
+from diffuspec.evaluation.methods import DecoderRunner, build_runner
+from diffuspec.jsonl import read_jsonl
 from diffuspec.models.loading import load_diffusion_model
 from diffuspec.quickstart import STAGES
 from diffuspec.quickstart.config import load_preset
@@ -34,31 +30,36 @@ from diffuspec.quickstart.stages import eval_methods
 THREADS = (1, 2)
 
 
-def decoders(run_dir: Path) -> dict[str, SpeculativeDecoder]:
-    """``ar`` and ``dlm_aligned`` exactly as the full preset's evaluation builds them (its method spec)."""
+def runners(run_dir: Path) -> dict[str, DecoderRunner]:
+    """``ar`` and ``dlm_aligned`` exactly as the full preset's evaluation builds them (its method specs)."""
     stages = {stage.name: run_dir / stage.name for stage in STAGES}
-    raw = next(m for m in eval_methods(load_preset("full"), stages) if m.get("name") == "dlm_aligned")
-    spec = MethodSpec.from_dict(raw, "the quickstart's evaluation", ar_drafter=None)
+    specs = [
+        MethodSpec.from_dict(raw, "the quickstart's evaluation", ar_drafter=None)
+        for raw in eval_methods(load_preset("full"), stages)
+        if raw.get("name", raw["kind"]) in ("ar", "dlm_aligned")
+    ]
     verifier = AutoModelForCausalLM.from_pretrained(run_dir / "verifier").eval()
-    model, mask_token_id, shifted = load_diffusion_model(spec.drafter)
-    drafter = DiffusionDrafter(
-        model, mask_token_id, shifted=shifted, steps=spec.steps, context_window=spec.context_window
-    )
-    config = DecodeConfig(
-        cps=spec.cps_config(load_proxy(spec.proxy)), adl=spec.adl_config(), draft_length=spec.draft_length
-    )
-    return {"ar": SpeculativeDecoder(verifier), "dlm_aligned": SpeculativeDecoder(verifier, drafter, config)}
+    eos = (int(verifier.config.eos_token_id),)
+    return {
+        spec.name: build_runner(
+            spec,
+            verifier,
+            eos,
+            verifier.config.pad_token_id,
+            diffusion=load_diffusion_model(spec.drafter) if spec.kind == "diffusion" else None,
+        )
+        for spec in specs
+    }
 
 
 def measure(
-    methods: dict[str, SpeculativeDecoder], prompts: list[torch.Tensor], max_new_tokens: int, repeats: int
+    methods: dict[str, DecoderRunner], prompts: list[torch.Tensor], max_new_tokens: int, repeats: int
 ) -> dict[tuple[str, int], list[float]]:
     """Tokens per second of each (method, threads) pair, one value per repeat; the first prompt warms each up."""
-    eos = [int(methods["ar"].verifier.model.config.eos_token_id)]
     for threads in THREADS:
         torch.set_num_threads(threads)
-        for decoder in methods.values():
-            decoder.generate(prompts[0], max_new_tokens, eos_token_id=eos)
+        for runner in methods.values():
+            runner(prompts[0], max_new_tokens, temperature=0.0, seed=0)
     rates: dict[tuple[str, int], list[float]] = {(m, t): [] for m in methods for t in THREADS}
     for repeat in range(repeats):
         seconds = dict.fromkeys(rates, 0.0)
@@ -66,11 +67,10 @@ def measure(
         for prompt in prompts:
             for threads in THREADS if repeat % 2 == 0 else THREADS[::-1]:
                 torch.set_num_threads(threads)
-                for name, decoder in methods.items():
-                    start = time.perf_counter()
-                    out = decoder.generate(prompt, max_new_tokens, eos_token_id=eos)
-                    seconds[(name, threads)] += time.perf_counter() - start
-                    tokens[(name, threads)] += out.stats.new_tokens
+                for name, runner in methods.items():
+                    out = runner(prompt, max_new_tokens, temperature=0.0, seed=0)
+                    seconds[(name, threads)] += out.time_s
+                    tokens[(name, threads)] += len(out.tokens)
         for key in rates:
             rates[key].append(tokens[key] / seconds[key])
     return rates
@@ -87,12 +87,13 @@ def main() -> None:
             f"{args.run_dir} has no drafter_aligned/model: run `diffuspec quickstart --run-dir {args.run_dir}`"
         )
     prompts = [
-        torch.tensor(json.loads(line)["prompt_ids"]) for line in open(args.run_dir / "data" / "heldout_prompts.jsonl")
+        torch.tensor(record["prompt_ids"])
+        for _, record in read_jsonl(args.run_dir / "data" / "heldout_prompts.jsonl", "held-out prompts")
     ]
     steady_cpu_allocator()  # as diffuspec eval does
     before = torch.get_num_threads()
     try:
-        rates = measure(decoders(args.run_dir), prompts, args.max_new_tokens, args.repeats)
+        rates = measure(runners(args.run_dir), prompts, args.max_new_tokens, args.repeats)
     finally:
         torch.set_num_threads(before)
     median = {key: statistics.median(values) for key, values in rates.items()}

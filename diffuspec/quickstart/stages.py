@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ..jsonl import read_jsonl
 from ..models.tiny import tiny_qwen2
 from .config import ModelShape, QuickstartConfig
 from .corpus import file_stream, pack, read_texts, train_tokenizer, write_corpus
@@ -296,7 +297,7 @@ def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> 
     from ..evaluation import EvalConfig, evaluate
 
     tokenizer = load_tokenizer(inputs["corpus"])
-    prompts = [json.loads(line)["prompt_ids"] for line in (inputs["data"] / "heldout_prompts.jsonl").open()]
+    prompts = [r["prompt_ids"] for _, r in read_jsonl(inputs["data"] / "heldout_prompts.jsonl", "held-out prompts")]
     write_jsonl(out / "prompts.jsonl", [{"prompt": tokenizer.decode(p), "task": "stdlib"} for p in prompts])
     eval_config = EvalConfig(
         verifier=str(inputs["verifier"]),
