@@ -8,10 +8,10 @@ from .drafters.autoregressive import AutoregressiveDrafter
 from .drafters.conditioned import ConditionedDrafter
 from .drafters.diffusion import DiffusionDrafter
 from .drafters.prompt_lookup import PromptLookupDrafter
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
+    "__version__",
     "ADLConfig",
     "AutoregressiveDrafter",
     "CPSConfig",

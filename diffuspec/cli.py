@@ -10,8 +10,8 @@ import torch
 
 from .config import ADLConfig, CPSConfig, DecodeConfig
 from .decoding.proxy import load_proxy
-
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from .dtypes import DTYPE_NAMES
+from .extras import MissingExtraError, require
 
 
 def add_decode_flags(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +49,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from .decoding.loop import SpeculativeDecoder
-    from .hub import resolve_local
+    from .loading import resolve_local
 
     config = decode_config_from_args(args)
     verifier_path = resolve_local(args.verifier)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
     decoder = SpeculativeDecoder.from_pretrained(
-        verifier_path, args.drafter, config=config, dtype=DTYPES[args.dtype], device_map=args.device
+        verifier_path, args.drafter, config=config, dtype=args.dtype, device_map=args.device
     )
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
@@ -91,6 +91,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    require("eval", what="diffuspec eval")
     from .evaluation import config_from_args, evaluate
 
     return evaluate(config_from_args(args))
@@ -114,6 +115,7 @@ def setting(text: str) -> tuple[str, object]:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
+    require("train", "eval", what="diffuspec quickstart")
     from .quickstart import run_quickstart
 
     run_quickstart(
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--dtype", choices=sorted(DTYPES), default="auto")
+    gen.add_argument("--dtype", choices=DTYPE_NAMES, default="auto", help="Weights of both models (auto: as stored).")
     gen.add_argument("--device", default=None, help="device_map for both models, e.g. cpu, cuda, auto.")
     add_decode_flags(gen)
     gen.set_defaults(func=cmd_generate)
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MissingExtraError) as error:
         print(f"diffuspec {args.command}: error: {error}", file=sys.stderr)
         return 2
 

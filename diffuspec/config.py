@@ -1,11 +1,13 @@
 """Decoding configuration: CPS, ADL and the round loop.
 
 Every field is validated in ``__post_init__`` so a bad value fails before any model runs, with the
-field and its legal range in the message.
+field and its legal range in the message. ``DecodeConfig.to_dict`` / ``from_dict`` are the one translation to and
+from plain JSON (recipes, drafter folders, results).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,7 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass
 class CPSConfig:
-    """Causal-consistency path search over the drafter's lattice (method.md section 2)."""
+    """Causal-consistency path search over the drafter's lattice (``diffuspec.decoding.cps``)."""
 
     m_max: int = field(default=15, metadata={"help": "Most candidates kept per slot (EOS may add one more)."})
     mass: float = field(default=0.8, metadata={"help": "Cumulative drafter mass a slot's candidate list must reach."})
@@ -48,7 +50,7 @@ class CPSConfig:
 
 @dataclass
 class ADLConfig:
-    """Adaptive draft length (method.md section 3); the defaults are the paper's."""
+    """Adaptive draft length (``diffuspec.decoding.adl``); the defaults are the paper's."""
 
     k_min: int = field(default=20, metadata={"help": "Smallest draft length."})
     k_max: int = field(default=30, metadata={"help": "Largest draft length; also the first round's length."})
@@ -89,3 +91,38 @@ class DecodeConfig:
     @property
     def max_draft_length(self) -> int:
         return self.adl.k_max if self.adl is not None else self.draft_length
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (``cps`` / ``adl`` null when off). The proxy LM is a runtime object and is never stored."""
+        cps = None if self.cps is None else {k: v for k, v in dataclasses.asdict(self.cps).items() if k != "proxy"}
+        adl = None if self.adl is None else dataclasses.asdict(self.adl)
+        return {"cps": cps, "adl": adl, "draft_length": self.draft_length}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "decoding settings", proxy: Any = None) -> DecodeConfig:
+        """The inverse of ``to_dict``: ``cps`` / ``adl`` are keyword mappings (null: off); missing keys take the
+        defaults, unknown keys are errors naming ``where``. ``proxy`` goes to CPS."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: expected a mapping, got {values!r}")
+        unknown = sorted(set(values) - {"cps", "adl", "draft_length"})
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: ['adl', 'cps', 'draft_length']")
+        default = cls()
+        cps = values.get("cps", {})
+        adl = values.get("adl", {})
+        return cls(
+            cps=None if cps is None else _build(CPSConfig, cps, f"{where} cps", proxy=proxy),
+            adl=None if adl is None else _build(ADLConfig, adl, f"{where} adl"),
+            draft_length=values.get("draft_length", default.draft_length),
+        )
+
+
+def _build(cls: type, values: Any, where: str, **extra: Any) -> Any:
+    """``cls(**values, **extra)``, with unknown keys named."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping or null, got {values!r}")
+    known = {f.name for f in dataclasses.fields(cls)} - set(extra)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    return cls(**values, **extra)

@@ -13,8 +13,8 @@ The conditioned drafter is first brought to the state it has in decoding (its me
 plus the correction) and runs one block. The diffusion drafter re-reads all n tokens every round. Rounds of all
 drafters and lengths are interleaved in a new random order each repeat, so a load change hits them alike;
 the tables give the median wall time (with quartiles) and the median process CPU time over ``--repeats`` after
-``--warmup`` rounds. Done-when target of issue 8: the conditioned drafter's median wall time at 1024 is at most
-1.3x its median at 64.
+``--warmup`` rounds. The target: the conditioned drafter's median wall time at 1024 is at most 1.3x its median
+at 64 (its round cost must not grow with the prefix).
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from diffuspec.evaluation.config import MethodSpec
-from diffuspec.evaluation.harness import steady_cpu_allocator
+from diffuspec.evaluation.environment import steady_cpu_allocator
 from diffuspec.evaluation.methods import DecoderRunner, build_runner
 from diffuspec.jsonl import read_jsonl
-from diffuspec.models.loading import load_diffusion_model
+from diffuspec.loading import load_diffusion_model
 from diffuspec.quickstart import STAGES
 from diffuspec.quickstart.config import load_preset
 from diffuspec.quickstart.stages import eval_methods

@@ -44,12 +44,13 @@ from diffuspec.decoding.cps import causal_path_search
 from diffuspec.decoding.drafter import DraftRequest
 from diffuspec.decoding.lattice import Lattice
 from diffuspec.decoding.proxy import NGramProxy
+from diffuspec.devices import synchronize
 from diffuspec.drafters.autoregressive import AutoregressiveDrafter
 from diffuspec.drafters.conditioned import ConditionedDrafter
 from diffuspec.drafters.diffusion import DiffusionDrafter
 from diffuspec.evaluation.costmodel import RoundCosts, geometric_rates, predict
-from diffuspec.evaluation.harness import environment
-from diffuspec.evaluation.report import write_json
+from diffuspec.evaluation.environment import environment
+from diffuspec.files import write_json
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 
 # Published config.json shapes (hidden, layers, attention heads, KV heads, FFN, vocabulary rows, tied head).
@@ -155,21 +156,16 @@ def skip_reason(nbytes: int, device: torch.device, deadline: Deadline, args: arg
     return None
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], Any], device: torch.device, warmup: int, reps: int) -> float:
     """Median seconds of ``reps`` synchronised calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(reps):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
 
@@ -305,7 +301,7 @@ def measure_conditioned(plan, contexts, ks, device, dtype, args, deadline, resul
         with torch.device(device), default_dtype(dtype):
             parts = BorrowedParts(verifier_config)
             drafter = ConditionedDrafter(ConditionedDrafterModel(config).eval(), parts)
-        sync(device)
+        synchronize(device)
         results["models"][name] = {
             "verifier": verifier_name,
             "layers": layers,
@@ -422,7 +418,7 @@ def measure_models(plan, role, measure, contexts, sizes, device, dtype, args, de
             continue
         start = time.perf_counter()
         model = build_model(config, device, dtype)
-        sync(device)
+        synchronize(device)
         results["models"][name] = {
             "shape": shape_name,
             "causal": role != "dlm",

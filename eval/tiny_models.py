@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from diffuspec.decoding.proxy import NGramProxy
+from diffuspec.drafter_config import write_diffuspec_config
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from diffuspec.models.tiny import tiny_qwen2
 
@@ -47,10 +48,9 @@ def write_models(
     verifier.save_pretrained(paths["verifier"])
     tiny_qwen2(seed=0, num_layers=num_layers, **common).save_pretrained(paths["ar_drafter"])
     tiny_qwen2(seed=1, num_layers=drafter_layers, causal=False, **common).save_pretrained(paths["dlm"])
-    marker = {"mask_token_id": tokenizer.convert_tokens_to_ids("<|mask|>"), "shifted": True}
-    (paths["dlm"] / "diffuspec_config.json").write_text(json.dumps(marker))
-    paths["conditioned"] = out / "conditioned"
     mask_id = tokenizer.convert_tokens_to_ids("<|mask|>")
+    write_diffuspec_config(paths["dlm"], mask_token_id=mask_id, shifted=True)
+    paths["conditioned"] = out / "conditioned"
     ConditionedDrafterModel(
         ConditionedDrafterConfig.for_verifier(verifier.config, mask_token_id=mask_id)
     ).save_pretrained(paths["conditioned"])

@@ -15,16 +15,19 @@ import torch
 from conftest import reference_greedy
 from transformers import AutoModelForCausalLM
 
-from diffuspec.models.tiny import tiny_qwen2
-from diffuspec.training import data
-from diffuspec.training.data import (
+from diffuspec.datagen import (
     DataGenerationConfig,
+    backends,
     dataset_features,
     generate_dataset,
+    pipeline,
     read_metadata,
-    repair_shard,
-    scan_shards,
 )
+from diffuspec.datagen import dataset as datagen_dataset
+from diffuspec.datagen import prompts as datagen_prompts
+from diffuspec.datagen import shards as datagen_shards
+from diffuspec.datagen.shards import repair_shard, scan_shards
+from diffuspec.models.tiny import tiny_qwen2
 from diffuspec.training.inputs import check_examples
 
 REPO = Path(__file__).parent.parent
@@ -162,7 +165,7 @@ def test_topk_logprobs_match_a_teacher_forced_forward(greedy_run, verifier_dir):
 def test_metadata_records_the_generation(greedy_run, verifier_dir):
     out, prompts = greedy_run
     meta = read_metadata(out)
-    assert meta["schema"] == data.SCHEMA and meta["rows"] == 3 and meta["skipped"] == {}
+    assert meta["schema"] == datagen_dataset.SCHEMA and meta["rows"] == 3 and meta["skipped"] == {}
     assert meta["verifier"] == str(verifier_dir) and meta["verifier_vocab_size"] > 0
     assert (meta["temperature"], meta["top_k"], meta["top_p"], meta["max_new_tokens"], meta["seed"]) == (
         0.0,
@@ -181,18 +184,18 @@ def test_metadata_records_the_generation(greedy_run, verifier_dir):
 
 def test_prompt_formats_parse(mixed_prompts, verifier_dir):
     tokenizer = make_tokenizer()
-    specs = data.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(mixed_prompts)))
+    specs = datagen_prompts.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(mixed_prompts)))
     assert [s.id for s in specs] == ["0", "1", "2", "81", "4"]
     assert [s.kind for s in specs] == ["text", "text", "chat", "chat", "chat"]
     assert specs[2].content == [{"role": "user", "content": TEXTS[2]}]  # the old assistant reply is dropped
     assert specs[3].content == [{"role": "user", "content": TEXTS[3]}]  # Spec-Bench: first turn
     assert specs[4].content == [{"role": "user", "content": TEXTS[0]}]  # ShareGPT from/value
-    chat_ids = data.encode_prompt(specs[3], tokenizer)
+    chat_ids = datagen_prompts.encode_prompt(specs[3], tokenizer)
     expected = tokenizer.apply_chat_template(specs[3].content, add_generation_prompt=True, tokenize=False)
     assert expected == f"<|user|>{TEXTS[3]}<|endoftext|><|assistant|>"
     assert chat_ids == tokenizer(expected, add_special_tokens=False).input_ids
-    assert data.encode_prompt(specs[0], tokenizer) == tokenizer(TEXTS[0]).input_ids
-    wrapped = data.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(mixed_prompts), chat=True))
+    assert datagen_prompts.encode_prompt(specs[0], tokenizer) == tokenizer(TEXTS[0]).input_ids
+    wrapped = datagen_prompts.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(mixed_prompts), chat=True))
     assert wrapped[0].kind == "chat" and wrapped[0].content == [{"role": "user", "content": TEXTS[0]}]
 
 
@@ -200,7 +203,7 @@ def test_spec_bench_question_file_parses():
     path = Path("/work/shared/data/spec_bench/question.jsonl")
     if not path.is_file():
         pytest.skip("the Spec-Bench question file is not on this machine")
-    specs = data.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(path), max_prompts=20))
+    specs = datagen_prompts.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(path), max_prompts=20))
     first = json.loads(path.read_text().splitlines()[0])
     assert specs[0].id == str(first["question_id"]) and specs[0].content[0]["content"] == first["turns"][0]
     assert len(specs) == 20 and all(s.kind == "chat" for s in specs)
@@ -253,9 +256,9 @@ def test_config_rejects_contradictions():
 
 
 def test_chat_row_needs_a_chat_template(tmp_path):
-    specs = [data.PromptSpec("0", "p.jsonl:1", "chat", [{"role": "user", "content": "hi"}])]
+    specs = [datagen_prompts.PromptSpec("0", "p.jsonl:1", "chat", [{"role": "user", "content": "hi"}])]
     with pytest.raises(ValueError, match="p.jsonl:1: a chat prompt, but the verifier's tokenizer has no chat_template"):
-        data.check_chat_template(specs, make_tokenizer(chat_template=None))
+        datagen_prompts.check_chat_template(specs, make_tokenizer(chat_template=None))
 
 
 def test_too_long_prompts_are_skipped_and_recorded(tmp_path, verifier_dir):
@@ -271,8 +274,8 @@ def test_too_long_prompts_are_skipped_and_recorded(tmp_path, verifier_dir):
 def test_torn_last_line_is_dropped(tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
-    path = data.shard_path(shards, 0, 1)
-    data.append_records(path, [{"id": "a", "prompt_ids": [1], "completion_ids": [2]}])
+    path = datagen_shards.shard_path(shards, 0, 1)
+    datagen_shards.append_records(path, [{"id": "a", "prompt_ids": [1], "completion_ids": [2]}])
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"id": "b", "prompt_ids": [1], "compl')
     assert list(scan_shards(shards)) == ["a"]  # a reader ignores the torn tail
@@ -290,7 +293,7 @@ def test_killed_run_resumes_to_the_uninterrupted_dataset(tmp_path, verifier_dir,
     sampled = dict(prompt_token_ids=str(prompts), temperature=1.0, top_k=20, teacher_topk=3, seed=5)
     reference = rows_of(generate_dataset(config(verifier_dir, tmp_path / "ref", **sampled)))
 
-    original = data.append_records
+    original = datagen_shards.append_records
     calls = []
 
     def killed_midway(path, records):
@@ -302,16 +305,16 @@ def test_killed_run_resumes_to_the_uninterrupted_dataset(tmp_path, verifier_dir,
             handle.write((first + second[: len(second) // 2]).encode())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "append_records", killed_midway)
+    monkeypatch.setattr(datagen_shards, "append_records", killed_midway)
     with pytest.raises(KeyboardInterrupt):
         generate_dataset(config(verifier_dir, tmp_path / "out", **sampled))
-    monkeypatch.setattr(data, "append_records", original)
-    shard = data.shard_path(Path(f"{tmp_path / 'out'}.shards"), 0, 1)
+    monkeypatch.setattr(datagen_shards, "append_records", original)
+    shard = datagen_shards.shard_path(Path(f"{tmp_path / 'out'}.shards"), 0, 1)
     assert not shard.read_bytes().endswith(b"\n") and not (tmp_path / "out").exists()
 
     generated = []
-    run_one = data.DecoderBackend._one
-    monkeypatch.setattr(data.DecoderBackend, "_one", lambda self, row: generated.append(row.id) or run_one(self, row))
+    run_one = backends.DecoderBackend._one
+    monkeypatch.setattr(backends.DecoderBackend, "_one", lambda self, row: generated.append(row.id) or run_one(self, row))
     resumed = rows_of(generate_dataset(config(verifier_dir, tmp_path / "out", **sampled)))
     assert generated == ["3", "4", "5", "6"]  # whole lines were kept, the torn one redone
     assert resumed == reference
@@ -337,7 +340,7 @@ def test_sigkilled_process_resumes_to_the_uninterrupted_dataset(tmp_path, verifi
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    shard = data.shard_path(Path(f"{tmp_path / 'out'}.shards"), 0, 1)
+    shard = datagen_shards.shard_path(Path(f"{tmp_path / 'out'}.shards"), 0, 1)
     deadline = time.monotonic() + 120
     while not (shard.is_file() and shard.read_bytes().count(b"\n") >= 1) and time.monotonic() < deadline:
         assert process.poll() is None, "the generation process exited before writing a row"
@@ -378,13 +381,13 @@ class ThreadRank:
 
 
 def test_emulated_two_ranks_equal_one_process(tmp_path, verifier_dir, monkeypatch):
-    lock, build = threading.Lock(), data.build_backend
+    lock, build = threading.Lock(), pipeline.build_backend
 
     def build_one_at_a_time(*args):  # from_pretrained sets torch's global default dtype while loading
         with lock:
             return build(*args)
 
-    monkeypatch.setattr(data, "build_backend", build_one_at_a_time)
+    monkeypatch.setattr(pipeline, "build_backend", build_one_at_a_time)
     prompts = token_id_prompts(tmp_path / "ids.jsonl", 5)
     sampled = dict(prompt_token_ids=str(prompts), temperature=0.8, top_p=0.9, teacher_topk=2)
     single = rows_of(generate_dataset(config(verifier_dir, tmp_path / "one", **sampled)))

@@ -105,8 +105,8 @@ def test_ablation_grid_is_one_config():
     ]
     config = EvalConfig(**BASE, methods=grid)
     cps_on = config.methods[1]
-    assert cps_on.cps_config().beam == 3 and cps_on.adl_config().k_max == 30
-    assert config.methods[4].cps_config() is None and config.methods[4].adl_config() is None
+    assert cps_on.decode.cps.beam == 3 and cps_on.decode.adl.k_max == 30
+    assert config.methods[4].decode.cps is None and config.methods[4].decode.adl is None
 
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("recipes/*/eval/*.yaml")), ids=str)

@@ -12,6 +12,7 @@ import yaml
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from diffuspec.cards import CARD_BEGIN, CARD_END
 from diffuspec.evaluation import (
     EvalConfig,
     MethodSpec,
@@ -23,7 +24,7 @@ from diffuspec.evaluation import (
     report_run,
 )
 from diffuspec.evaluation.methods import HFRunner, check_drafter_compatible
-from diffuspec.evaluation.report import CARD_BEGIN, CARD_END, PLOTS, round_cost_table
+from diffuspec.evaluation.report import PLOTS, round_cost_table
 from diffuspec.models.tiny import tiny_qwen2
 
 SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
@@ -334,7 +335,7 @@ def test_programmatic_hook_with_in_memory_models(tmp_path):
 def test_steady_cpu_allocator_applies_on_linux_and_is_recorded():
     import sys
 
-    from diffuspec.evaluation.harness import environment, steady_cpu_allocator
+    from diffuspec.evaluation.environment import environment, steady_cpu_allocator
 
     assert steady_cpu_allocator() is sys.platform.startswith("linux")
     assert environment(torch.device("cpu"))["steady_cpu_allocator"] is sys.platform.startswith("linux")

@@ -1,6 +1,7 @@
 """Report helpers: the model-card section is replaced in place, files are written atomically."""
 
-from diffuspec.evaluation.report import CARD_BEGIN, CARD_END, atomic_write_text, update_model_card
+from diffuspec.cards import CARD_BEGIN, CARD_END, update_model_card
+from diffuspec.files import atomic_write_text
 
 
 def test_model_card_section_is_replaced_not_appended_twice(tmp_path):

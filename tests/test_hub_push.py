@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from diffuspec import hub
+from diffuspec import cards, drafter_config, hub, loading
+from diffuspec.cards import CARD_BEGIN, CARD_END, update_model_card
 from diffuspec.cli import main as cli_main
 from diffuspec.config import ADLConfig, CPSConfig, DecodeConfig
-from diffuspec.evaluation.report import CARD_BEGIN, CARD_END, update_model_card
-from diffuspec.models.loading import NATIVE_MARKER_FILE, load_diffusion_model
+from diffuspec.loading import load_diffusion_model
 from diffuspec.models.tiny import tiny_qwen2
 
 VOCAB = 40
@@ -67,7 +67,7 @@ def drafter(tmp_path) -> Path:
     tiny_qwen2(seed=4, vocab_size=VOCAB, hidden_size=32, num_layers=1, causal=False).save_pretrained(folder)
     write_tokenizer(folder)
     decode = DecodeConfig(cps=CPSConfig(m_max=4, beam=2), adl=ADLConfig(k_min=4, k_max=12))
-    hub.write_diffuspec_config(
+    drafter_config.write_diffuspec_config(
         folder,
         mask_token_id=MASK,
         shifted=True,
@@ -76,7 +76,7 @@ def drafter(tmp_path) -> Path:
         recommended_decode=decode,
         objectives={"ce": 1.0, "kl": 0.5},
     )
-    hub.write_model_card(folder, base_model="Dream-org/Dream-v0-Instruct-7B", dataset="me/completions", steps=1200)
+    cards.write_model_card(folder, base_model="Dream-org/Dream-v0-Instruct-7B", dataset="me/completions", steps=1200)
     (folder / "checkpoint-100").mkdir()
     (folder / "checkpoint-100" / "optimizer.pt").write_bytes(b"x")
     (folder / "runs").mkdir()
@@ -94,8 +94,8 @@ def front_matter(card: str) -> dict:
 
 
 def test_config_round_trip_and_marker_compatibility(drafter):
-    assert hub.CONFIG_FILE == NATIVE_MARKER_FILE
-    config = hub.read_diffuspec_config(drafter)
+    assert drafter_config.CONFIG_FILE == "diffuspec_config.json"
+    config = drafter_config.read_diffuspec_config(drafter)
     assert (config.mask_token_id, config.shifted) == (MASK, True)
     assert config.verifier == {"name": "Qwen/Qwen2.5-7B-Instruct", "vocab_size": VOCAB}
     assert config.objectives == {"ce": 1.0, "kl": 0.5}
@@ -107,19 +107,19 @@ def test_config_round_trip_and_marker_compatibility(drafter):
 
 
 def test_trainer_marker_reads_and_bad_configs_fail(tmp_path):
-    (tmp_path / hub.CONFIG_FILE).write_text(json.dumps({"mask_token_id": 9, "shifted": False}))
-    minimal = hub.read_diffuspec_config(tmp_path)
+    (tmp_path / drafter_config.CONFIG_FILE).write_text(json.dumps({"mask_token_id": 9, "shifted": False}))
+    minimal = drafter_config.read_diffuspec_config(tmp_path)
     assert minimal.verifier is None and minimal.decode_config() == DecodeConfig()
-    (tmp_path / hub.CONFIG_FILE).write_text(json.dumps({"mask_token_id": 9, "shifted": False, "shift": 1}))
+    (tmp_path / drafter_config.CONFIG_FILE).write_text(json.dumps({"mask_token_id": 9, "shifted": False, "shift": 1}))
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['shift'\]"):
-        hub.read_diffuspec_config(tmp_path)
-    (tmp_path / hub.CONFIG_FILE).write_text(json.dumps({"mask_token_id": 9, "shifted": "yes"}))
+        drafter_config.read_diffuspec_config(tmp_path)
+    (tmp_path / drafter_config.CONFIG_FILE).write_text(json.dumps({"mask_token_id": 9, "shifted": "yes"}))
     with pytest.raises(ValueError, match="shifted must be true or false"):
-        hub.read_diffuspec_config(tmp_path)
+        drafter_config.read_diffuspec_config(tmp_path)
     with pytest.raises(ValueError, match=r"vocab_size must be an int > mask_token_id \(9\)"):
-        hub.write_diffuspec_config(tmp_path, mask_token_id=9, shifted=True, verifier="v", verifier_vocab_size=9)
+        drafter_config.write_diffuspec_config(tmp_path, mask_token_id=9, shifted=True, verifier="v", verifier_vocab_size=9)
     with pytest.raises(ValueError, match="CPSConfig.beam must be >= 1"):
-        hub.DiffuspecConfig(mask_token_id=1, shifted=True, recommended_decode={"cps": {"beam": 0}, "adl": None})
+        drafter_config.DiffuspecConfig(mask_token_id=1, shifted=True, recommended_decode={"cps": {"beam": 0}, "adl": None})
 
 
 # ---------------------------------------------------------------- model card
@@ -140,14 +140,14 @@ def test_model_card_front_matter_and_eval_section(drafter):
 
     # the evaluation replaces the section; rewriting the card later keeps the results
     update_model_card(drafter, f"{CARD_BEGIN}\n## Results\n\n| method | tau |\n|---|---|\n| dlm | 3.1 |\n{CARD_END}\n")
-    hub.write_model_card(drafter, steps=2400)
+    cards.write_model_card(drafter, steps=2400)
     card = (drafter / "README.md").read_text()
     assert "| dlm | 3.1 |" in card and "Not evaluated yet" not in card and card.count(CARD_BEGIN) == 1
     meta = front_matter(card)  # what was not given again is kept
     assert meta["diffuspec"]["steps"] == 2400 and meta["datasets"] == ["me/completions"]
     assert meta["base_model"] == "Dream-org/Dream-v0-Instruct-7B"
 
-    hub.write_model_card(drafter, eval_table="| method | tau |\n|---|---|\n| dlm | 3.5 |")
+    cards.write_model_card(drafter, eval_table="| method | tau |\n|---|---|\n| dlm | 3.5 |")
     card = (drafter / "README.md").read_text()
     assert "| dlm | 3.5 |" in card and "| dlm | 3.1 |" not in card and card.count(CARD_END) == 1
 
@@ -163,17 +163,17 @@ def test_push_uploads_a_loadable_drafter(drafter, tmp_path):
     assert api.calls[0][2] == {"private": True, "repo_type": "model", "exist_ok": True}
     remote = api.remote("me/tiny-drafter")
     pushed = sorted(p.relative_to(remote).as_posix() for p in remote.rglob("*") if p.is_file())
-    assert "README.md" in pushed and hub.CONFIG_FILE in pushed and "model.safetensors" in pushed
+    assert "README.md" in pushed and drafter_config.CONFIG_FILE in pushed and "model.safetensors" in pushed
     assert not any(p.startswith(("checkpoint-", "runs/")) or p == "training_args.bin" for p in pushed)
 
-    local = hub.resolve_local(remote)
+    local = loading.resolve_local(remote)
     assert local == str(remote)
     model, mask, shifted = load_diffusion_model(local)
     original, _, _ = load_diffusion_model(drafter)
     assert (mask, shifted) == (MASK, True)
     ids = torch.tensor([[1, 2, MASK, MASK]])
     torch.testing.assert_close(model(input_ids=ids).logits, original(input_ids=ids).logits, rtol=0, atol=0)
-    assert hub.read_diffuspec_config(local) == hub.read_diffuspec_config(drafter)
+    assert drafter_config.read_diffuspec_config(local) == drafter_config.read_diffuspec_config(drafter)
 
 
 def test_push_checks_the_folder_before_any_call(drafter, tmp_path):
@@ -182,7 +182,7 @@ def test_push_checks_the_folder_before_any_call(drafter, tmp_path):
     (drafter / "config.json").write_text(json.dumps({**config, "vocab_size": VOCAB + 8}))
     with pytest.raises(ValueError, match=rf"vocabulary \({VOCAB + 8}\) differs from its verifier's \({VOCAB}\)"):
         hub.push_drafter(drafter, "me/x", api=api)
-    (drafter / hub.CONFIG_FILE).unlink()
+    (drafter / drafter_config.CONFIG_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="not a diffuspec drafter folder"):
         hub.push_drafter(drafter, "me/x", api=api)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -205,7 +205,7 @@ def test_cli_push(drafter, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: api)
     assert cli_main(["push", str(drafter), "--repo-id", "me/cli-drafter", "--private"]) == 0
     assert capsys.readouterr().out.strip() == "https://huggingface.co/me/cli-drafter"
-    assert (api.remote("me/cli-drafter") / hub.CONFIG_FILE).is_file() and api.calls[0][2]["private"] is True
+    assert (api.remote("me/cli-drafter") / drafter_config.CONFIG_FILE).is_file() and api.calls[0][2]["private"] is True
     assert cli_main(["push", str(tmp_path / "nowhere"), "--repo-id", "me/x"]) == 2
 
 
@@ -214,7 +214,7 @@ def test_cli_push(drafter, tmp_path, monkeypatch, capsys):
 
 def test_resolve_local_offline_unknown_id_fails_at_once(tmp_path):
     code = (
-        "import time\nfrom diffuspec.hub import resolve_local\nstart = time.perf_counter()\n"
+        "import time\nfrom diffuspec.loading import resolve_local\nstart = time.perf_counter()\n"
         "try:\n    resolve_local('nobody/no-such-drafter')\nexcept OSError as e:\n"
         "    print(round(time.perf_counter() - start, 3)); print(e)\n"
     )
@@ -227,7 +227,7 @@ def test_resolve_local_offline_unknown_id_fails_at_once(tmp_path):
 
 def test_resolve_local_missing_path_is_not_a_hub_id(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist .a local path, not a Hugging Face Hub id"):
-        hub.resolve_local(tmp_path / "no" / "such" / "folder")
+        loading.resolve_local(tmp_path / "no" / "such" / "folder")
     with pytest.raises(FileNotFoundError):
-        hub.resolve_local("./relative-missing")
-    assert hub.resolve_local(tmp_path) == str(tmp_path)
+        loading.resolve_local("./relative-missing")
+    assert loading.resolve_local(tmp_path) == str(tmp_path)

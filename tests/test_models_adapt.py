@@ -23,8 +23,9 @@ from transformers import (
 
 from diffuspec import ADLConfig, DecodeConfig, DiffusionDrafter, SpeculativeDecoder
 from diffuspec.drafters.diffusion import check_bidirectional
+from diffuspec.loading import load_diffusion_model
 from diffuspec.models.adapt import MASK_TOKEN, MaskChoice, adapt_and_save, adapt_ar_to_diffusion, choose_mask_token
-from diffuspec.models.loading import load_diffusion_model, save_dream_format
+from diffuspec.models.dream import save_dream_format
 from diffuspec.models.tiny import tiny_qwen2
 from diffuspec.models.tokenizers import check_tokenizers_compatible
 from diffuspec.training import parse_config
@@ -176,7 +177,7 @@ def verifier_dir(tmp_path_factory) -> Path:
 
 
 def test_adapt_train_and_decode_losslessly(verifier_dir, tmp_path):
-    """The issue-6 path at tiny scale: adapt the verifier's lower layer, load it, align it, decode with it."""
+    """The adaptation path at tiny scale: adapt the verifier's lower layer, load it, align it, decode with it."""
     verifier = AutoModelForCausalLM.from_pretrained(verifier_dir).eval()
     out = tmp_path / "adapted"
     out.mkdir()  # an existing empty folder is fine

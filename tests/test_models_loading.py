@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM, Qwen2ForCausalLM
 
-from diffuspec.models.dream import qwen2_config_from_dream
+from diffuspec.loading import bitsandbytes_config, load_diffusion_model
+from diffuspec.models.dream import qwen2_config_from_dream, save_dream_format
 from diffuspec.models.llada import LLADA_KEY_MAPPING, llama_config_from_llada, llama_key_from_llada
-from diffuspec.models.loading import bitsandbytes_config, load_diffusion_model, save_dream_format
 from diffuspec.models.tiny import tiny_qwen2
 from diffuspec.models.weights import load_with_from_pretrained, set_bidirectional
 

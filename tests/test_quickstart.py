@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from diffuspec.models.loading import load_diffusion_model, save_dream_format
+from diffuspec.loading import load_diffusion_model
+from diffuspec.models.dream import save_dream_format
 from diffuspec.quickstart import STAGES, run_quickstart
 from diffuspec.quickstart.config import QuickstartConfig, load_preset
 from diffuspec.quickstart.pipeline import run_stages

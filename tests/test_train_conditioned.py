@@ -16,14 +16,9 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 from diffuspec import ConditionedDrafter, DecodeConfig, SpeculativeDecoder
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from diffuspec.models.tiny import tiny_qwen2
-from diffuspec.training.conditioned import (
-    LOG_FILE,
-    ConditionedCollator,
-    completion_mask,
-    sample_anchors,
-    slot_logits,
-    train_conditioned_drafter,
-)
+from diffuspec.training.conditioned_collator import ConditionedCollator, completion_mask, sample_anchors
+from diffuspec.training.conditioned_trainer import slot_logits
+from diffuspec.training.run import LOG_FILE, train_conditioned_drafter
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, MASK, PAD = 128, 127, 126
@@ -131,7 +126,7 @@ def test_trained_drafter_is_lossless_and_better(setup):
 
 
 def script_args(root, out, **overrides):
-    from diffuspec.training.conditioned import parse_conditioned_config
+    from diffuspec.training.conditioned_config import parse_conditioned_config
 
     values = {
         "verifier_name_or_path": root / "verifier",
@@ -166,7 +161,8 @@ def step_losses(out) -> dict[int, dict]:
 
 
 def test_killed_run_resumes_to_the_uninterrupted_losses(setup, tmp_path, monkeypatch):
-    from diffuspec.training.conditioned import ConditionedDrafterTrainer, run_conditioned_training
+    from diffuspec.training.conditioned_trainer import ConditionedDrafterTrainer
+    from diffuspec.training.run import run_conditioned_training
 
     root = setup[0]
     run_conditioned_training(*script_args(root, tmp_path / "full"))
@@ -199,7 +195,8 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(setup, tmp_path, monkeyp
 def test_script_output_loads_and_pushes(setup, tmp_path):
     from test_hub_push import FakeHfApi
 
-    from diffuspec.hub import push_drafter, read_diffuspec_config
+    from diffuspec.drafter_config import read_diffuspec_config
+    from diffuspec.hub import push_drafter
 
     root, _, verifier, prompts, completions = setup
     script = importlib.util.spec_from_file_location("train_conditioned", ROOT / "train" / "train_conditioned.py")
@@ -230,7 +227,7 @@ def test_bad_settings_are_refused_before_any_model_loads(setup, tmp_path):
     with pytest.raises(ValueError, match="num_hidden_layers"):
         script_args(root, tmp_path / "x", num_hidden_layers=9)
     with pytest.raises(ValueError, match="unknown keys"):
-        from diffuspec.training.conditioned import parse_conditioned_config
+        from diffuspec.training.conditioned_config import parse_conditioned_config
 
         recipe = tmp_path / "r.yaml"
         recipe.write_text("verifier_name_or_path: v\ndataset_path: [d]\noutput_dir: o\nlerning_rate: 1\n")
@@ -244,8 +241,8 @@ def test_offline_features_resume_and_train_like_online(setup, tmp_path):
     """Precomputed features equal the verifier's own (float32), a killed precompute resumes to the same shards,
     and offline training reproduces the online run's losses (no KL: offline features carry no distributions)."""
     from diffuspec.models.conditioned import verifier_features
-    from diffuspec.training.conditioned import run_conditioned_training
     from diffuspec.training.features import FeatureStore, precompute_features, shard_path
+    from diffuspec.training.run import run_conditioned_training
 
     root, _, verifier, prompts, completions = setup
     dataset = datasets.load_from_disk(str(root / "dataset"))
@@ -300,7 +297,7 @@ import hashlib, json, os, sys
 import torch
 sys.path.insert(0, {train_dir!r})
 from train_conditioned import main
-from diffuspec.training.conditioned import parse_conditioned_config
+from diffuspec.training.conditioned_config import parse_conditioned_config
 
 torch.set_num_threads(1)
 trainer = main(*parse_conditioned_config(sys.argv[1:]))

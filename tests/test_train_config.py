@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from diffuspec.training import DataArguments, DrafterTrainingConfig, ModelArguments, parse_config
-from diffuspec.training.conditioned import parse_conditioned_config
+from diffuspec.training.conditioned_config import parse_conditioned_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_RECIPES = sorted(ROOT.glob("recipes/*/train/*.yaml"))

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffuspec.drafter_config import write_diffuspec_config
 from diffuspec.models.tiny import tiny_qwen2
-from diffuspec.training import write_drafter_marker
 
 ROOT = Path(__file__).resolve().parents[1]
 V, MASK = 64, 63
@@ -51,7 +51,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp")
     drafter = tiny_qwen2(seed=0, vocab_size=V, hidden_size=32, num_layers=1, causal=False)
     drafter.save_pretrained(root / "drafter")
-    write_drafter_marker(root / "drafter", MASK, True)
+    write_diffuspec_config(root / "drafter", mask_token_id=MASK, shifted=True)
     g = torch.Generator().manual_seed(0)
     with open(root / "train.jsonl", "w") as f:
         for _ in range(16):

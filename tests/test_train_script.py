@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffuspec.drafter_config import write_diffuspec_config
 from diffuspec.drafters.diffusion import DiffusionDrafter
 from diffuspec.models.tiny import tiny_qwen2
-from diffuspec.training import parse_config, write_drafter_marker
+from diffuspec.training import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 V, MASK, EOS = 64, 63, 1
@@ -34,7 +35,7 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("script")
     drafter = tiny_qwen2(seed=0, vocab_size=V, hidden_size=32, num_layers=1, causal=False, eos_token_id=EOS)
     drafter.save_pretrained(root / "drafter")
-    write_drafter_marker(root / "drafter", MASK, True)
+    write_diffuspec_config(root / "drafter", mask_token_id=MASK, shifted=True)
     verifier = tiny_qwen2(seed=1, vocab_size=V, hidden_size=32, num_layers=1, eos_token_id=EOS)
     verifier.save_pretrained(root / "verifier")
     tiny_qwen2(seed=2, vocab_size=V, hidden_size=32, num_layers=1).save_pretrained(root / "causal")  # no marker

@@ -10,7 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from diffuspec.models.loading import load_diffusion_model
+from diffuspec.loading import load_diffusion_model
 from diffuspec.models.tiny import tiny_qwen2
 from diffuspec.training import (
     AcceptanceCallback,

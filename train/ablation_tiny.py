@@ -35,9 +35,11 @@ import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 from diffuspec import ADLConfig, CPSConfig, DecodeConfig, DiffusionDrafter, SpeculativeDecoder
-from diffuspec.models.loading import load_diffusion_model
+from diffuspec.drafter_config import write_diffuspec_config
+from diffuspec.loading import load_diffusion_model
 from diffuspec.models.tiny import tiny_qwen2
-from diffuspec.training import AcceptanceCallback, DrafterTrainer, DrafterTrainingConfig, write_drafter_marker
+from diffuspec.quickstart.corpus import windows
+from diffuspec.training import AcceptanceCallback, DrafterTrainer, DrafterTrainingConfig
 
 EOS, PAD, MASK = 256, 257, 258
 VOCAB = 259
@@ -120,12 +122,6 @@ def corpus(out: Path, sizes: Sizes) -> tuple[list[int], list[list[int]]]:
     return data["train"], data["heldout"]
 
 
-def windows(stream: list[int], length: int, count: int, seed: int) -> list[list[int]]:
-    g = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - length, (count,), generator=g).tolist()
-    return [stream[s : s + length] for s in starts]
-
-
 # ---------------------------------------------------------------- 2. verifier
 
 
@@ -192,13 +188,13 @@ def train_drafter(folder: Path, model, dataset, args: DrafterTrainingConfig, cal
     trainer = DrafterTrainer(model, args, dataset, mask_token_id=MASK, shifted=True, callbacks=list(callbacks))
     trainer.train()
     model.save_pretrained(folder)
-    write_drafter_marker(folder, MASK, True)
+    write_diffuspec_config(folder, mask_token_id=MASK, shifted=True)
     (folder / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
     return model.eval()
 
 
 def pretrain_drafter(out: Path, stream: list[int], sizes: Sizes) -> torch.nn.Module:
-    examples = windows(stream, sizes.prompt_len + sizes.completion_len, sizes.pretrain_steps * sizes.batch, seed=1)
+    examples = windows(stream, sizes.pretrain_steps * sizes.batch, sizes.prompt_len + sizes.completion_len, seed=1)
     dataset = datasets.Dataset.from_dict(
         {
             "prompt_ids": [w[: sizes.prompt_len] for w in examples],
@@ -226,7 +222,7 @@ def alignment_data(out: Path, verifier, stream: list[int], sizes: Sizes) -> data
     folder = out / f"align_data_{sizes.data_prompts}"
     if folder.exists():
         return datasets.load_from_disk(str(folder))
-    prompts = windows(stream, sizes.prompt_len, sizes.data_prompts, seed=2)
+    prompts = windows(stream, sizes.data_prompts, sizes.prompt_len, seed=2)
     rows = {"prompt_ids": [], "completion_ids": [], "teacher_topk_ids": [], "teacher_topk_logprobs": []}
     for i in range(0, len(prompts), 64):
         batch = torch.tensor(prompts[i : i + 64])

@@ -1,4 +1,4 @@
-"""Turn a small AR model into a Dream-format diffusion drafter, the starting point for alignment (issue 6).
+"""Turn a small AR model into a Dream-format diffusion drafter, the starting point for alignment.
 
     python train/adapt_drafter.py --model Qwen/Qwen2.5-0.5B-Instruct --vocab_size 152064 \
         --output_dir runs/qwen2.5-0.5b-dlm_qwen2.5-7b/adapted --dtype bfloat16
@@ -13,9 +13,8 @@ import argparse
 import logging
 import sys
 
+from diffuspec.dtypes import DTYPE_NAMES
 from diffuspec.models.adapt import MASK_TOKEN, AdaptResult, adapt_and_save
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Pad the embedding to this many rows, the verifier's (152064 for Qwen2.5-7B/32B); training against "
         "the verifier needs equal sizes. New rows start as the mean row. Default: keep the model's size.",
     )
-    parser.add_argument("--dtype", choices=DTYPES, default="auto", help="Weight dtype to save (auto: as stored).")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="auto", help="Weight dtype to save (auto: as stored).")
     return parser.parse_args(argv)
 
 

@@ -7,7 +7,7 @@
 Each process writes OUT.shards/rank-R-of-W.jsonl; rerun the same command after a crash and it resumes where the
 shards stop (any process count). Rank 0 then writes OUT (datasets save_to_disk + metadata.json).
 On a CPU: ``python train/generate_data.py --verifier runs/tiny/verifier --prompt_token_ids prompts.jsonl
---out runs/tiny/data --max_new_tokens 64``. Every flag: ``--help``; the schema: ``diffuspec.training.data``.
+--out runs/tiny/data --max_new_tokens 64``. Every flag: ``--help``; the schema: ``diffuspec.datagen``.
 """
 
 import logging
@@ -15,7 +15,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from diffuspec.training.data import DataGenerationConfig, generate_dataset
+from diffuspec.datagen import DataGenerationConfig, generate_dataset
 
 
 def main(config: DataGenerationConfig) -> None:

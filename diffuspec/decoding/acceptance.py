@@ -3,7 +3,7 @@
 The CPS path is chosen deterministically from the round's starting prefix, so at slot i the proposal is a
 point mass on ``path[i]``. Speculative sampling with ``q = delta_x`` accepts x with probability ``p(x)`` and
 on rejection samples from ``p`` with x removed, renormalised. The emitted token then has law ``p``:
-``P(x) = p(x)`` and ``P(v) = (1 - p(x)) p(v) / (1 - p(x)) = p(v)`` for ``v != x`` (method.md section 4).
+``P(x) = p(x)`` and ``P(v) = (1 - p(x)) p(v) / (1 - p(x)) = p(v)`` for ``v != x``.
 Temperature, top-k and top-p are applied to the verifier's logits *before* the test, because the
 processed distribution is the one we must sample from.
 """

@@ -1,4 +1,4 @@
-"""Draft-length controllers (method.md section 3).
+"""Draft-length controllers.
 
 ``AdaptiveDraftLength`` is the paper's controller: exponential moving averages of the EOS-aware generated
 length G and the accepted length A, then ``k <- clip(floor(G) + delta * [A >= G], k_min, k_max)``.

@@ -1,16 +1,16 @@
-"""Causal-consistency path search (CPS, method.md section 2).
+"""Causal-consistency path search (CPS).
 
 The drafter's per-slot marginals ignore what the other slots will hold, so the raw argmax draft can repeat or
 skip words. CPS re-ranks paths through the lattice with a causal proxy LM:
 
     score(pi) = sum_i [ lam * log q_i(pi_i) + (1 - lam) * log P(pi_i | context ++ pi_<i) ]
 
-over candidate sets pruned to the top of each slot (section 2.1), with EOS always kept (2.2). A path ends at
+over candidate sets pruned to the top of each slot, with EOS always kept. A path ends at
 its first EOS; a full-length path without EOS is also a terminal. Two searches:
 
-- ``beam``: the paper's left-to-right beam of width B (2.4). Finished hypotheses keep their frozen score and
+- ``beam``: the paper's left-to-right beam of width B. Finished hypotheses keep their frozen score and
   stay in the beam, competing with live ones.
-- ``dp``: an exact Viterbi over states = the last ``order - 1`` tokens of an n-gram proxy (2.5), used to
+- ``dp``: an exact Viterbi over states = the last ``order - 1`` tokens of an n-gram proxy, used to
   measure how far the beam is from optimal.
 
 ``length_norm='mean'`` ranks a path by ``score / len(path)`` instead of its sum. Live hypotheses at one step all
@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from ..config import CPSConfig
+from ..eos import cut_after_eos
 from .lattice import Lattice
 from .proxy import CausalProxy
 
@@ -113,14 +114,6 @@ def _as_lattice(
     return logprobs
 
 
-def cut_after_eos(tokens: list[int], eos: Collection[int]) -> list[int]:
-    """Keep tokens up to and including the first EOS: nothing after an EOS is ever drafted or kept."""
-    for i, t in enumerate(tokens):
-        if t in eos:
-            return tokens[: i + 1]
-    return tokens
-
-
 def _rank(score: float, length: int, length_norm: str) -> float:
     return score / length if length_norm == "mean" and length else score
 
@@ -134,7 +127,7 @@ def _beam_search(
     width: int,
     length_norm: str,
 ) -> list[int]:
-    """Left-to-right beam (method.md 2.4): at most ``k * B * |C_i|`` proxy look-ups."""
+    """Left-to-right beam: at most ``k * B * |C_i|`` proxy look-ups."""
     beams: list[tuple[float, list[int], bool]] = [(0.0, [], False)]  # (score, tokens, done)
     for ids, logqs in candidates:
         new = [b for b in beams if b[2]]  # finished hypotheses keep their frozen score
@@ -159,7 +152,7 @@ def _viterbi(
     lam: float,
     length_norm: str,
 ) -> list[int]:
-    """Exact maximiser over the pruned lattice for an order-n proxy (method.md 2.5).
+    """Exact maximiser over the pruned lattice for an order-n proxy.
 
     The proxy term at slot i depends only on the last ``n - 1`` tokens of ``context ++ pi_<i`` (the whole of it
     while it is shorter), so that tuple is the state and the best-scoring path into each state is all we keep.

@@ -57,7 +57,7 @@ class Lattice:
         return Lattice(self.ids[:k], self.logprobs[:k], self.eos_logprobs[:k], self.eos_token_ids, self.draft[:k])
 
     def eos_aware_length(self) -> int:
-        """L^gen (method.md Eq. 9): slots before the first raw-argmax EOS, or k without one."""
+        """L^gen, the EOS-aware generated length: slots before the first raw-argmax EOS, or k without one."""
         if self.eos_token_ids:
             is_eos = torch.isin(self.draft, torch.tensor(self.eos_token_ids, dtype=self.draft.dtype))
             hits = torch.nonzero(is_eos)

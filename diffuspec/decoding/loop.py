@@ -17,6 +17,8 @@ import torch
 from transformers import PreTrainedModel
 
 from ..config import DecodeConfig
+from ..devices import synchronize
+from ..eos import as_eos_ids, cut_after_eos, model_eos_ids
 from .acceptance import greedy_accept, process_logits, sample_accept
 from .adl import make_controller
 from .cps import causal_path_search
@@ -64,31 +66,6 @@ class GenerateOutput:
     stats: DecodeStats
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued device work so that wall-clock readings are honest on GPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _resolve_eos(model: PreTrainedModel, eos_token_id: int | Sequence[int] | None) -> tuple[int, ...]:
-    if eos_token_id is None:
-        config = getattr(model, "generation_config", None)
-        eos_token_id = getattr(config, "eos_token_id", None)
-    if eos_token_id is None:
-        return ()
-    if isinstance(eos_token_id, int):
-        return (eos_token_id,)
-    return tuple(int(e) for e in eos_token_id)
-
-
-def _cut_after_eos(tokens: torch.Tensor, eos: tuple[int, ...]) -> torch.Tensor:
-    if eos:
-        hits = torch.nonzero(torch.isin(tokens, torch.tensor(eos, dtype=tokens.dtype)))
-        if hits.numel():
-            return tokens[: int(hits[0, 0]) + 1]
-    return tokens
-
-
 class SpeculativeDecoder:
     """Lossless speculative decoding of ``verifier_model`` with any :class:`Drafter` (None: plain decoding)."""
 
@@ -128,25 +105,22 @@ class SpeculativeDecoder:
         drafter_device_map: str | dict | None = None,
         drafter_quantization: str | None = None,
     ) -> SpeculativeDecoder:
-        """Load a verifier (any causal LM folder or Hub id) and a diffusion drafter (Dream, LLaDA, diffuspec).
+        """Load a verifier (any causal LM folder or Hub id) and a drafter folder or Hub id: a diffusion drafter
+        (Dream, LLaDA, diffuspec) or a feature-conditioned one (``diffuspec.drafters.load_drafter``).
 
-        ``drafter_quantization="8bit"`` / ``"4bit"`` loads the drafter through bitsandbytes; it is checked before
-        the verifier loads, so a missing package fails at once.
+        ``drafter_quantization="8bit"`` / ``"4bit"`` loads a diffusion drafter through bitsandbytes; it is checked
+        before the verifier loads, so a missing package fails at once. Loading itself is ``diffuspec.loading``'s.
         """
-        from transformers import AutoModelForCausalLM
-
-        from ..drafters.diffusion import DiffusionDrafter
-        from ..hub import resolve_local
-        from ..models.loading import bitsandbytes_config
+        from ..drafters import load_drafter
+        from ..loading import bitsandbytes_config, load_causal_lm
 
         bitsandbytes_config(drafter_quantization, dtype)
-        verifier_model = AutoModelForCausalLM.from_pretrained(
-            resolve_local(verifier), dtype=dtype, device_map=device_map
-        )
+        verifier_model = load_causal_lm(verifier, dtype=dtype, device_map=device_map)
         draft = None
         if drafter is not None:
-            draft = DiffusionDrafter.from_pretrained(
+            draft = load_drafter(
                 drafter,
+                verifier_model,
                 dtype=dtype,
                 device_map=drafter_device_map or device_map,
                 quantization=drafter_quantization,
@@ -206,7 +180,7 @@ class SpeculativeDecoder:
     def _search(self, lattice: Lattice, ids: torch.Tensor, eos: tuple[int, ...]) -> torch.Tensor:
         cps = self.config.cps
         if cps is None:
-            return _cut_after_eos(lattice.draft, eos)
+            return cut_after_eos(lattice.draft, eos)
         path = causal_path_search(lattice, ids, cps)
         return torch.as_tensor(path, dtype=torch.long)
 
@@ -225,7 +199,7 @@ class SpeculativeDecoder:
         """Decode one prompt. At temperature 0 the output equals the verifier's greedy decoding token for token;
         above 0 its distribution equals sampling from the verifier with the same temperature, top-k and top-p."""
         prompt = self._check_request(input_ids, max_new_tokens, temperature, top_k, top_p)
-        eos = _resolve_eos(self.verifier.model, eos_token_id)
+        eos = as_eos_ids(eos_token_id) if eos_token_id is not None else model_eos_ids(self.verifier.model)
         device = self.verifier.device
         stats = DecodeStats()
         start = time.perf_counter()
@@ -244,7 +218,7 @@ class SpeculativeDecoder:
             if k > 0:
                 t0 = time.perf_counter()
                 lattice = self._draft(ids, k, eos)
-                _sync(device)
+                synchronize(device)
                 t1 = time.perf_counter()
                 path = self._search(lattice, ids, eos)[:k]
                 generated_len = lattice.eos_aware_length()
@@ -258,10 +232,10 @@ class SpeculativeDecoder:
             else:
                 probs = process_logits(logits, temperature, top_k, top_p).cpu()
                 accepted, token = sample_accept(path, probs, generator)
-            _sync(device)
+            synchronize(device)
             stats.time_verify_s += time.perf_counter() - t2
 
-            new = _cut_after_eos(torch.cat([path[:accepted], torch.tensor([token])]), eos)
+            new = cut_after_eos(torch.cat([path[:accepted], torch.tensor([token])]), eos)
             out.append(new)
             ids = torch.cat([ids, new])
             stats.new_tokens += new.numel()

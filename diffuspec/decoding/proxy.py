@@ -1,4 +1,4 @@
-"""Causal proxy LMs over token ids for the CPS path score (method.md section 2.3).
+"""Causal proxy LMs over token ids for the CPS path score.
 
 A proxy scores ``log P(token | context)`` in natural log, where both are verifier token ids: each id is one
 "word", so the proxy and the lattice use the same units. ``order`` is the n-gram order (the proxy reads at
@@ -16,12 +16,13 @@ import functools
 import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from ..files import atomic_write_text
 
 _BOS = -1  # internal id of <s>: never a real token id, never predicted
 _LOG10 = math.log(10.0)
@@ -178,7 +179,7 @@ class NGramProxy:
             "discounts": self.discounts,
             "counts": [[[list(g), c] for g, c in table.items()] for table in self.counts],
         }
-        _atomic_write(path, json.dumps(payload))
+        atomic_write_text(path, json.dumps(payload))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> NGramProxy:
@@ -219,7 +220,7 @@ class NGramProxy:
                 lines += [f"{_ARPA_ZERO}\t<s>{backoff((_BOS,))}", f"{_ARPA_ZERO}\t</s>", f"{_ARPA_ZERO}\t<unk>"]
             lines += [f"{log10p(g):.7f}\t{' '.join(map(word, g))}{backoff(g)}" for g in grams]
         lines += ["", "\\end\\", ""]
-        _atomic_write(path, "\n".join(lines))
+        atomic_write_text(path, "\n".join(lines))
 
 
 class KenLMProxy:
@@ -258,19 +259,6 @@ class KenLMProxy:
             self._model.BaseScore(state, str(t), out)
             state, out = out, state
         return self._model.BaseScore(state, str(token), out) * _LOG10
-
-
-def _atomic_write(path: str | os.PathLike, text: str) -> None:
-    """Write to a temp file in the target folder, then ``os.replace``: readers never see a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def load_proxy(path: str | os.PathLike) -> CausalProxy:

@@ -19,6 +19,8 @@ from transformers import PreTrainedModel
 
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
+from ..dtypes import load_dtype
+from ..loading import resolve_local
 from ..models.conditioned import ConditionedDrafterModel, ContextMemory
 
 
@@ -55,10 +57,8 @@ class ConditionedDrafter(Drafter):
 
         Refuses (ValueError) a verifier whose hidden size, layer count, vocabulary or, when both are known and
         ``check_name``, name differs from the drafter's record, or that lacks one of its feature layers."""
-        from ..hub import resolve_local
-
-        load_kwargs = {"dtype": dtype} if dtype is not None else {}  # None keeps the stored dtype
-        model = ConditionedDrafterModel.from_pretrained(resolve_local(path), device_map=device_map, **load_kwargs)
+        folder = resolve_local(path)
+        model = ConditionedDrafterModel.from_pretrained(folder, device_map=device_map, dtype=load_dtype(dtype))
         model.attach_verifier(verifier_model, check_name=check_name)
         return cls(model)
 

@@ -3,7 +3,7 @@
 Input is ``prefix ++ [MASK] * k``; every masked slot gets a distribution from the same pass. Dream-style
 models keep the AR shift (slot s is read from output row s - 1), LLaDA-style models do not (row s). With
 ``steps > 1`` the most confident still-masked slots are committed after each pass and the model runs again;
-committed slots become point masses in the final lattice (method.md section 1).
+committed slots become point masses in the final lattice.
 
 ``context_window`` lets the drafter read only the last W committed tokens. The drafter has no KV cache (its
 prefix attends to the masks), so each pass costs O(prefix); on small verifiers, where one verifier step is
@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
+from ..loading import load_diffusion_model
 
 
 def check_bidirectional(model: PreTrainedModel) -> None:
@@ -76,8 +77,6 @@ class DiffusionDrafter(Drafter):
 
         ``quantization="8bit"`` / ``"4bit"`` loads the weights through bitsandbytes (see ``load_diffusion_model``).
         """
-        from ..models.loading import load_diffusion_model
-
         model, mask_token_id, shifted = load_diffusion_model(path, quantization=quantization, **load_kwargs)
         return cls(model, mask_token_id=mask_token_id, shifted=shifted, steps=steps, context_window=context_window)
 

@@ -8,6 +8,7 @@ method; ``ar`` (plain greedy decoding through our verifier wrapper) is the basel
 from __future__ import annotations
 
 import argparse
+import functools
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -17,10 +18,10 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import ADLConfig, CPSConfig
+from ..config import DecodeConfig
+from ..dtypes import DTYPE_NAMES, check_dtype_name
 from .benchmarks import BENCHMARK_KINDS, SPEC_BENCH_TASKS
 
-DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 BASELINE = "ar"
 
 # Keys each method kind accepts (besides ``kind``); anything else is an error naming the key.
@@ -109,27 +110,20 @@ class MethodSpec:
             raise ValueError(f"{where}: need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
         if self.schedule is not None and self.schedule not in ("constant", "heuristic", "heuristic_transient"):
             raise ValueError(f"{where}: schedule must be 'constant', 'heuristic' or 'heuristic_transient'")
+        if self.kind in LATTICE_KINDS and self.proxy is not None and self.cps is None:
+            raise ValueError(f"{where}: a proxy is only read by CPS, but cps is null")
+        self.decode  # noqa: B018 - builds (and so validates) the decoding settings once
+
+    @functools.cached_property
+    def decode(self) -> DecodeConfig | None:
+        """The method's ``DecodeConfig``, built and validated once (the proxy LM is attached when its runner is
+        built); None for methods without our speculative loop (ar, hf_*)."""
         if self.kind in LATTICE_KINDS:
-            self.cps_config()
-            self.adl_config()
-            if self.proxy is not None and self.cps is None:
-                raise ValueError(f"{where}: a proxy is only read by CPS, but cps is null")
-
-    def cps_config(self, proxy: Any = None) -> CPSConfig | None:
-        return None if self.cps is None else _build(CPSConfig, self.cps, f"method {self.name!r} cps", proxy=proxy)
-
-    def adl_config(self) -> ADLConfig | None:
-        return None if self.adl is None else _build(ADLConfig, self.adl, f"method {self.name!r} adl")
-
-
-def _build(cls: type, values: dict[str, Any], where: str, **extra: Any) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping or null, got {values!r}")
-    known = {f.name for f in fields(cls)} - set(extra)
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    return cls(**values, **extra)
+            settings = {"cps": self.cps, "adl": self.adl, "draft_length": self.draft_length}
+            return DecodeConfig.from_dict(settings, f"method {self.name!r}")
+        if self.kind in ("pld", "sps"):
+            return DecodeConfig(cps=None, adl=None, draft_length=self.draft_length or 1)
+        return None
 
 
 @dataclass
@@ -139,7 +133,7 @@ class EvalConfig:
     ar_drafter: str | None = field(
         default=None, metadata={"help": "Small causal LM folder: the default drafter of sps and hf_assisted."}
     )
-    dtype: str = field(default="auto", metadata={"help": f"Dtype of every model, one of {list(DTYPES)}."})
+    dtype: str = field(default="auto", metadata={"help": f"Dtype of every model, one of {list(DTYPE_NAMES)}."})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto (cuda if available)."})
     # -- benchmark
     benchmark: str = field(default="spec_bench", metadata={"help": f"Prompt source, one of {list(BENCHMARK_KINDS)}."})
@@ -176,8 +170,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if not self.verifier:
             raise ValueError("verifier is required: a causal LM folder or Hub id")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        check_dtype_name(self.dtype)
         if self.device != "auto":
             try:
                 torch.device(self.device)

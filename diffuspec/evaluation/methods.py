@@ -12,7 +12,7 @@ Both time the whole call with the device synchronised before and after, so every
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +21,18 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from ..config import DecodeConfig
 from ..decoding.drafter import Drafter
 from ..decoding.loop import SpeculativeDecoder
 from ..decoding.proxy import load_proxy
+from ..devices import synchronize
 from ..drafters.autoregressive import AutoregressiveDrafter
 from ..drafters.conditioned import ConditionedDrafter
 from ..drafters.diffusion import DiffusionDrafter
 from ..drafters.prompt_lookup import PromptLookupDrafter
-from ..hub import resolve_local
+from ..eos import model_eos_ids, pad_token_id
+from ..loading import config_vocab_size, has_tokenizer, load_causal_lm, load_diffusion_model, resolve_local
+from ..models.tokenizers import check_tokenizers_compatible
 from .config import EvalConfig, MethodSpec
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued kernels so that perf_counter brackets the real work (a no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass
@@ -75,7 +71,7 @@ class DecoderRunner:
 
     def __call__(self, ids: torch.Tensor, max_new_tokens: int, temperature: float, seed: int) -> RunOutput:
         generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
-        sync(self.device)
+        synchronize(self.device)
         start = time.perf_counter()
         out = self.decoder.generate(
             ids,
@@ -84,7 +80,7 @@ class DecoderRunner:
             generator=generator,
             eos_token_id=list(self.eos),
         )
-        sync(self.device)
+        synchronize(self.device)
         elapsed = time.perf_counter() - start
         s = out.stats
         split = {"draft": s.time_draft_s, "search": s.time_search_s, "verify": s.time_verify_s}
@@ -127,11 +123,11 @@ class HFRunner:
         calls: list[tuple[int, int] | None] = []
         handle = self.model.register_forward_pre_hook(_recorder(calls), with_kwargs=True)
         try:
-            sync(self.device)
+            synchronize(self.device)
             start = time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
-            sync(self.device)
+            synchronize(self.device)
             elapsed = time.perf_counter() - start
         finally:
             handle.remove()
@@ -178,40 +174,6 @@ def rounds_from_forward_calls(calls: list[tuple[int, int] | None], prompt_len: i
 # ---------------------------------------------------------------- loading
 
 
-def torch_dtype(name: str) -> torch.dtype | str:
-    return "auto" if name == "auto" else getattr(torch, name)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def load_causal_lm(path: str, dtype: str, device: torch.device) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(resolve_local(path), dtype=torch_dtype(dtype), device_map=str(device))
-    return model.eval()
-
-
-def config_vocab_size(folder: str | Path) -> int:
-    """Embedding rows from config.json, read without loading weights (Dream/LLaDA configs need no remote code)."""
-    config_file = Path(folder) / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{folder} has no config.json, so it is not a model folder")
-    raw = json.loads(config_file.read_text())
-    size = raw.get("vocab_size", (raw.get("text_config") or {}).get("vocab_size"))
-    if size is None:
-        raise ValueError(f"{config_file} gives no vocab_size")
-    return int(size)
-
-
-def has_tokenizer(folder: str | Path) -> bool:
-    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    return any((Path(folder) / name).is_file() for name in names)
-
-
 def check_drafter_compatible(verifier: str, drafter: str) -> None:
     """Refuse a drafter whose ids mean other strings to the verifier, before any weights load: equal vocabulary
     sizes, and, when both folders have tokenizers, the same id for every token string both know."""
@@ -224,8 +186,6 @@ def check_drafter_compatible(verifier: str, drafter: str) -> None:
         )
     if has_tokenizer(verifier_dir) and has_tokenizer(drafter_dir):
         from transformers import AutoTokenizer
-
-        from ..models.tokenizers import check_tokenizers_compatible
 
         check_tokenizers_compatible(
             AutoTokenizer.from_pretrained(drafter_dir), AutoTokenizer.from_pretrained(verifier_dir)
@@ -243,13 +203,8 @@ def check_inputs(config: EvalConfig) -> None:
 
 def stop_tokens(model: PreTrainedModel, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     """EOS ids (the verifier's generation config, else its tokenizer's eos) and a pad id for transformers."""
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(tokenizer, "eos_token_id", None)
-    eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(int(e) for e in eos))
-    pad = getattr(tokenizer, "pad_token_id", None)
-    pad = pad if pad is not None else (eos_ids[0] if eos_ids else 0)
-    return eos_ids, int(pad)
+    eos = model_eos_ids(model, tokenizer)
+    return eos, pad_token_id(tokenizer, eos)
 
 
 def neutral_generation_config(eos: tuple[int, ...], pad_token_id: int) -> GenerationConfig:
@@ -285,13 +240,12 @@ def build_runner(
             pad_token_id=pad_token_id,
         )
         return HFRunner(spec.name, spec.kind, verifier, eos, pad_token_id, {"assistant_model": ar_drafter})
-    fixed = DecodeConfig(cps=None, adl=None, draft_length=spec.draft_length or 1)
     if spec.kind == "pld":
         drafter = PromptLookupDrafter(max_ngram=spec.max_ngram, min_ngram=spec.min_ngram)
-        return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, fixed), eos)
+        return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, spec.decode), eos)
     if spec.kind == "sps":
         return DecoderRunner(
-            spec.name, spec.kind, SpeculativeDecoder(verifier, AutoregressiveDrafter(ar_drafter), fixed), eos
+            spec.name, spec.kind, SpeculativeDecoder(verifier, AutoregressiveDrafter(ar_drafter), spec.decode), eos
         )
     if spec.kind == "diffusion":
         model, mask_token_id, shifted = diffusion
@@ -308,8 +262,9 @@ def _lattice_runner(
     spec: MethodSpec, verifier: PreTrainedModel, drafter: Drafter, eos: tuple[int, ...]
 ) -> DecoderRunner:
     """A drafter whose lattice goes through the method's CPS (with its proxy) and ADL settings."""
-    proxy = load_proxy(spec.proxy) if spec.proxy else None
-    config = DecodeConfig(cps=spec.cps_config(proxy), adl=spec.adl_config(), draft_length=spec.draft_length)
+    config = spec.decode
+    if spec.proxy:
+        config = dataclasses.replace(config, cps=dataclasses.replace(config.cps, proxy=load_proxy(spec.proxy)))
     return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
 
 
@@ -317,8 +272,6 @@ def load_runners(
     config: EvalConfig, verifier: PreTrainedModel, eos: tuple[int, ...], pad_token_id: int, device: torch.device
 ) -> list[DecoderRunner | HFRunner]:
     """Load each drafter folder once (several methods may share one) and build the runners in recipe order."""
-    from ..models.loading import load_diffusion_model
-
     ar_models: dict[str, PreTrainedModel] = {}
     dlms: dict[str, tuple[PreTrainedModel, int, bool]] = {}
     runners = []
@@ -330,13 +283,11 @@ def load_runners(
             ar_model = ar_models[spec.drafter]
         if spec.kind == "diffusion":
             if spec.drafter not in dlms:
-                dtype = None if config.dtype == "auto" else torch_dtype(config.dtype)
-                dlms[spec.drafter] = load_diffusion_model(spec.drafter, dtype=dtype, device_map=str(device))
+                dlms[spec.drafter] = load_diffusion_model(spec.drafter, dtype=config.dtype, device_map=str(device))
             diffusion = dlms[spec.drafter]
         if spec.kind == "conditioned":  # one drafter per method: it holds its own context memory
-            dtype = None if config.dtype == "auto" else torch_dtype(config.dtype)
             conditioned = ConditionedDrafter.from_pretrained(
-                spec.drafter, verifier, dtype=dtype, device_map=str(device)
+                spec.drafter, verifier, dtype=config.dtype, device_map=str(device)
             )
         runners.append(build_runner(spec, verifier, eos, pad_token_id, ar_model, diffusion, conditioned))
     return runners

@@ -20,40 +20,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..cards import CARD_BEGIN, CARD_END, update_model_card
+from ..files import atomic_write_bytes, atomic_write_text, write_json
+from .statistics import mismatch_message
+
 SCHEMA = "diffuspec-eval-v1"
-CARD_BEGIN = "<!-- diffuspec-eval:begin -->"
-CARD_END = "<!-- diffuspec-eval:end -->"
 PLOTS = ("speedup_per_task.png", "accepted_histogram.png", "draft_length.png")
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_json(path: str | Path, value: Any) -> Path:
-    return atomic_write_text(path, json.dumps(value, indent=2, allow_nan=False) + "\n")
 
 
 # ---------------------------------------------------------------- markdown
@@ -290,21 +268,6 @@ def card_section(results: dict[str, Any]) -> str:
     )
 
 
-def update_model_card(folder: str | Path, section: str) -> Path:
-    """Replace the marked section of ``folder/README.md`` (appended if the markers are absent)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model card folder {folder} does not exist")
-    readme = folder / "README.md"
-    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
-    begin, end = text.find(CARD_BEGIN), text.find(CARD_END)
-    if begin != -1 and end > begin:
-        text = text[:begin] + section + text[end + len(CARD_END) :].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    return atomic_write_text(readme, text)
-
-
 # ---------------------------------------------------------------- all outputs
 
 
@@ -328,8 +291,6 @@ def write_reports(
 
 
 def print_summary(results: dict[str, Any], paths: dict[str, Path]) -> None:
-    from .harness import mismatch_message
-
     print(summary_table(results))
     for m in results["mismatches"]:
         print(f"LOSSLESS FAILURE: {mismatch_message(m, results['baseline'])}", file=sys.stderr)

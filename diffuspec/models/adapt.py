@@ -25,14 +25,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
-from ..hub import resolve_local
+from ..dtypes import resolve_dtype
+from ..loading import TOKENIZER_FILES, has_tokenizer, resolve_local
 from .dream import check_dream_shape, save_dream_format
-from .weights import resolve_dtype, set_bidirectional
+from .weights import set_bidirectional
 
 logger = logging.getLogger(__name__)
 
 MASK_TOKEN = "<|mask|>"  # Dream's mask token string
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 MaskSource = Literal["tokenizer", "vocabulary", "spare_row", "appended"]
 
 
@@ -248,7 +248,7 @@ def _check_causal_lm(folder: Path) -> PreTrainedConfig:
 
 
 def _load_tokenizer(folder: Path) -> Any:
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if not has_tokenizer(folder):
         raise ValueError(
             f"model {str(folder)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); adaptation needs the "
             "tokenizer to tell the ids it uses from spare embedding rows, and the drafter ships it"

@@ -3,7 +3,7 @@
 Dream is Qwen2.5 run with full attention and the AR logit shift kept: its weights use the Qwen2 names
 exactly (``model.layers.{i}.self_attn.q_proj`` ...), its attention always has q/k/v biases and no o_proj or
 MLP bias, and head_dim is hidden_size / num_attention_heads. Its remote code breaks on transformers 5 (RoPE
-init, field.md section 4), so we map ``config.json`` onto ``Qwen2Config(is_causal=False)`` instead.
+init under transformers 5's rope parameters), so we map ``config.json`` onto ``Qwen2Config(is_causal=False)`` instead.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 import transformers
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from ..files import replace_folder_atomically
 from .weights import (
     build_from_state_dict,
     load_with_from_pretrained,
     parse_size,
     read_checkpoint,
-    replace_folder_atomically,
     set_bidirectional,
     write_checkpoint,
 )

@@ -5,15 +5,13 @@ tensor is checked against the expected name and shape (missing, unexpected or mi
 loudly, nanoGPT-style), then assigned in place. Quantized loading goes through transformers' own
 ``from_pretrained`` (bitsandbytes quantizes while loading), after the same name and shape check on the safetensors
 headers alone. Saving writes to a temporary folder and renames it, so a crash never leaves a half-written
-checkpoint behind.
+checkpoint behind (``diffuspec.files.replace_folder_atomically``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,42 +24,6 @@ from transformers import PreTrainedConfig, PreTrainedModel
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 CPU = torch.device("cpu")
-
-
-# ---------------------------------------------------------------- devices and dtypes
-
-
-def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """``None`` or ``"auto"`` keep the stored dtype; strings such as ``"bfloat16"`` name a torch dtype."""
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return resolved
-
-
-def resolve_device(device_map: str | int | torch.device | dict | None) -> torch.device:
-    """One device for the whole model: a 7-8B drafter fits on one accelerator, so no layer splitting.
-
-    Accepts ``None`` (CPU), a device, ``"auto"`` (first CUDA device, else CPU) or ``{"": device}``.
-    """
-    if device_map is None:
-        return torch.device("cpu")
-    if isinstance(device_map, dict):
-        if set(device_map) != {""}:
-            raise ValueError(
-                f"device_map {device_map!r} splits the model across devices; diffuspec loads Dream/LLaDA "
-                'checkpoints onto one device: pass a device such as "cuda:0" or {"": "cuda:0"}'
-            )
-        device_map = device_map[""]
-    if device_map == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    if isinstance(device_map, int):
-        return torch.device("cuda", device_map)
-    return torch.device(device_map)
 
 
 # ---------------------------------------------------------------- reading
@@ -302,28 +264,3 @@ def parse_size(size: int | str) -> int:
         if text.endswith(suffix):
             return int(float(text.removesuffix(suffix)) * factor)
     return int(text)
-
-
-def replace_folder_atomically(fill: Callable[[Path], None], out_dir: Path, overwrite: bool) -> None:
-    """Run ``fill`` on a temporary sibling folder, then rename it onto ``out_dir``.
-
-    A rename on one filesystem is atomic, so readers see either no checkpoint or a complete one. An existing
-    ``out_dir`` is moved aside first and removed only after the new folder is in place.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} exists; pass overwrite=True to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    try:
-        fill(temp)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(temp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(temp, out_dir)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise

@@ -16,7 +16,7 @@ KL_WEIGHT = 1.0  # forward KL to the verifier's own distributions (its logits co
 def build_drafter_conditioned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
     """A conditioned drafter on the alignment data; it borrows the verifier's embedding and LM head,
     so its width is the verifier's, and is saved in ``out / "model"`` (load: ``ConditionedDrafter.from_pretrained``)."""
-    from ..training.conditioned import train_conditioned_drafter
+    from ..training.run import train_conditioned_drafter
 
     train_conditioned_drafter(
         inputs["verifier"],

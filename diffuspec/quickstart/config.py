@@ -1,4 +1,8 @@
-"""Quickstart settings: one dataclass, two presets (``full`` and ``fast``) in recipes/tiny-cpu/quickstart.yaml."""
+"""Quickstart settings: one dataclass, two presets (``full`` and ``fast``) in recipes/tiny-cpu/quickstart.yaml.
+
+The recipes ship inside the package (``diffuspec/recipes``, package data), so an installed diffuspec runs the
+quickstart from any folder; a checkout's top-level ``recipes/`` is a link to the same files.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import yaml
 
 DRAFTER_INITS = ("ar_drafter", "verifier")
 EVAL_PROMPT_SOURCES = ("windows", "file_starts")
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu" / "quickstart.yaml"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPE = RECIPES / "tiny-cpu" / "quickstart.yaml"
 
 
 @dataclass

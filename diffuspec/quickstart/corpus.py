@@ -11,8 +11,10 @@ import json
 import sysconfig
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..files import write_jsonl
 from ..models.tokenizers import train_bpe_tokenizer
 
 SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
@@ -50,14 +52,8 @@ def write_corpus(out_dir: Path, max_bytes: int, heldout_fraction: float = 0.1) -
     train, heldout = split_files(stdlib_files(max_bytes), heldout_fraction)
     paths = {}
     for name, files in (("train", train), ("heldout", heldout)):
-        target = out_dir / f"{name}.jsonl"
-        tmp = target.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            for path in files:
-                text = path.read_text(encoding="utf-8", errors="replace")
-                f.write(json.dumps({"path": path.name, "text": text}) + "\n")
-        tmp.replace(target)
-        paths[name] = target
+        rows = [{"path": p.name, "text": p.read_text(encoding="utf-8", errors="replace")} for p in files]
+        paths[name] = write_jsonl(out_dir / f"{name}.jsonl", rows)
     return paths
 
 
@@ -78,6 +74,14 @@ def file_stream(texts: list[str], tokenizer: PreTrainedTokenizerBase) -> list[in
     for ids in tokenizer(texts, add_special_tokens=False).input_ids:
         stream.extend(ids + [tokenizer.eos_token_id])
     return stream
+
+
+def windows(stream: list[int], count: int, length: int, seed: int) -> list[list[int]]:
+    """``count`` windows of ``length`` tokens at seeded offsets of ``stream``."""
+    if len(stream) <= length:
+        raise ValueError(f"the corpus split has {len(stream)} tokens, too few for {length}-token prompts")
+    starts = torch.randint(0, len(stream) - length, (count,), generator=torch.Generator().manual_seed(seed))
+    return [stream[s : s + length] for s in starts.tolist()]
 
 
 def pack(texts: list[str], tokenizer: PreTrainedTokenizerBase, block: int) -> list[list[int]]:

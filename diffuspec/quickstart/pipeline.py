@@ -1,21 +1,24 @@
 """The quickstart pipeline: named stages, each cached in its own folder of the run directory.
 
-A stage writes into a temporary folder that is renamed into place when it finishes, together with a
-``stage.json`` holding the fingerprint of the settings it was built with. A rerun skips every stage whose
-folder exists with the same fingerprint; ``force`` rebuilds. A killed stage leaves no half-written folder.
+A stage writes into a temporary folder that is renamed into place when it finishes
+(``diffuspec.files.replace_folder_atomically``), together with a ``stage.json`` holding the fingerprint of the
+settings it was built with. A rerun skips every stage whose folder exists with the same fingerprint; ``force``
+rebuilds. A killed stage leaves no half-written folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import replace_folder_atomically, write_json
 from .config import QuickstartConfig
+
+STAGE_FILE = "stage.json"  # the fingerprint a stage folder was built with
 
 
 @dataclass
@@ -62,17 +65,16 @@ def run_stages(
             continue
         log(f"[{stage.name}] building ...")
         start = time.perf_counter()
-        tmp = run_dir / f".{stage.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        stage.build(config, tmp, {n: folders[n] for n in stage.needs})
-        (tmp / "stage.json").write_text(json.dumps({"fingerprint": key, "seconds": time.perf_counter() - start}))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+
+        def fill(folder: Path, stage: Stage = stage, key: str = key, start: float = start) -> None:
+            stage.build(config, folder, {n: folders[n] for n in stage.needs})
+            write_json(folder / STAGE_FILE, {"fingerprint": key, "seconds": time.perf_counter() - start})
+
+        replace_folder_atomically(fill, out, overwrite=True)
         log(f"[{stage.name}] done in {time.perf_counter() - start:.1f} s")
     return folders
 
 
 def _is_built(folder: Path, key: str) -> bool:
-    marker = folder / "stage.json"
+    marker = folder / STAGE_FILE
     return marker.exists() and json.loads(marker.read_text())["fingerprint"] == key

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from ..drafter_config import write_diffuspec_config
+from ..files import write_jsonl
 from ..jsonl import read_jsonl
+from ..loading import load_causal_lm
 from ..models.tiny import tiny_qwen2
-from .config import ModelShape, QuickstartConfig
-from .corpus import file_stream, pack, read_texts, train_tokenizer, write_corpus
+from .config import RECIPES, ModelShape, QuickstartConfig
+from .corpus import file_stream, pack, read_texts, train_tokenizer, windows, write_corpus
 from .pretrain import train_causal_lm
 
 
@@ -72,21 +74,9 @@ def build_ar_drafter(config: QuickstartConfig, out: Path, inputs: dict[str, Path
     _pretrain(config, out, inputs["corpus"], config.ar_drafter, config.ar_drafter_steps, config.lr, config.seed + 1)
 
 
-def load_causal_lm(folder: Path) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(folder).eval()
-
-
 def token_stream(corpus: Path, split: str) -> list[int]:
     """One split of the corpus as a single token stream, files separated by EOS."""
     return file_stream(read_texts(corpus / f"{split}.jsonl"), load_tokenizer(corpus))
-
-
-def windows(stream: list[int], count: int, length: int, seed: int) -> list[list[int]]:
-    """``count`` windows of ``length`` tokens at seeded offsets of ``stream``."""
-    if len(stream) <= length:
-        raise ValueError(f"the corpus split has {len(stream)} tokens, too few for {length}-token prompts")
-    starts = torch.randint(0, len(stream) - length, (count,), generator=torch.Generator().manual_seed(seed))
-    return [stream[s : s + length] for s in starts.tolist()]
 
 
 def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
@@ -121,19 +111,9 @@ def heldout_loss(run_dir: str | Path, windows_count: int = 64, length: int = 128
     return losses
 
 
-def write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2))
-
-
 # ---------------------------------------------------------------------------- drafters, data, alignment
 
-TRAIN_RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "tiny-cpu" / "train"
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    tmp.replace(path)
+TRAIN_RECIPES = RECIPES / "tiny-cpu" / "train"
 
 
 def corpus_examples(config: QuickstartConfig, corpus: Path) -> list[dict]:
@@ -148,20 +128,15 @@ def train_prompts(config: QuickstartConfig, corpus: Path) -> list[dict]:
 
 
 def run_training(recipe: Path, overrides: dict[str, object]) -> None:
-    """Run train/train_drafter.py's ``main`` in-process on a recipe with command-line style overrides, so the
-    quickstart trains through exactly the entry point users launch with accelerate."""
-    import importlib.util
-
+    """Train in-process on a recipe with command-line style overrides, through the run ``train/train_drafter.py``
+    launches (``run_drafter_training``), so the quickstart trains exactly as users do with accelerate."""
     from ..training.config import parse_config
+    from ..training.run import run_drafter_training
 
-    script = TRAIN_RECIPES.parents[2] / "train" / "train_drafter.py"
-    spec = importlib.util.spec_from_file_location("diffuspec_train_drafter", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     argv = ["--config", str(recipe)]
     for key, value in overrides.items():
         argv += [f"--{key}", str(value)]
-    module.main(*parse_config(argv))
+    run_drafter_training(*parse_config(argv))
 
 
 def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
@@ -171,7 +146,6 @@ def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[st
     The causal LM is ``config.drafter_init``: the small AR model (the default; like Dream-7B, which is adapted from
     a smaller sibling of the verifiers it drafts for) or the verifier itself."""
     from ..models.adapt import adapt_ar_to_diffusion
-    from ..training.trainer import write_drafter_marker
 
     tokenizer = load_tokenizer(inputs["corpus"])
     source = load_causal_lm(inputs[config.drafter_init])
@@ -181,7 +155,7 @@ def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[st
     init = out / "init"
     drafter.save_pretrained(init)
     tokenizer.save_pretrained(init)
-    write_drafter_marker(init, mask_id, shifted=True)
+    write_diffuspec_config(init, mask_token_id=mask_id, shifted=True)
     write_jsonl(out / "corpus_examples.jsonl", corpus_examples(config, inputs["corpus"]))
     run_training(
         TRAIN_RECIPES / "config_pretrain.yaml",
@@ -198,7 +172,7 @@ def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[st
 
 def build_data(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
     """Greedy verifier continuations of training prompts (the alignment data) and held-out eval prompts."""
-    from ..training.data import DataGenerationConfig, generate_dataset
+    from ..datagen import DataGenerationConfig, generate_dataset
 
     write_jsonl(out / "prompts.jsonl", train_prompts(config, inputs["corpus"]))
     heldout = heldout_prompts(config, inputs["corpus"])

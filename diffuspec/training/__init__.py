@@ -1,14 +1,20 @@
-"""Drafter training: objectives, configuration, collator, trainer and callbacks (issue 3).
+"""Drafter training: objectives, configurations, collators, trainers, callbacks and the runs behind ``train/*.py``.
 
-Needs the ``train`` extra (accelerate, peft, datasets, tensorboard). Entry point: ``train/train_drafter.py``.
+Needs the ``train`` extra (accelerate, peft, datasets, tensorboard): importing this package without it stops at
+once, naming the extra. Entry points: ``train/train_drafter.py`` and ``train/train_conditioned.py``
+(``diffuspec.training.run``).
 """
 
-from .callbacks import AcceptanceCallback, CollatorEpochCallback
-from .collator import DrafterCollator
-from .config import DataArguments, DrafterTrainingConfig, ModelArguments, parse_config
-from .losses import IGNORE_INDEX
-from .teacher import OfflineTeacher, OnlineTeacher, TeacherTargets
-from .trainer import DrafterTrainer, NonFiniteLossError, drafter_objectives, write_drafter_marker
+from ..extras import require
+
+require("train", what="diffuspec.training")
+
+from .callbacks import AcceptanceCallback, CollatorEpochCallback  # noqa: E402
+from .collator import DrafterCollator  # noqa: E402
+from .config import DataArguments, DrafterTrainingConfig, ModelArguments, parse_config  # noqa: E402
+from .losses import IGNORE_INDEX  # noqa: E402
+from .teacher import OfflineTeacher, OnlineTeacher, TeacherTargets  # noqa: E402
+from .trainer import DrafterTrainer, NonFiniteLossError, drafter_objectives  # noqa: E402
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,5 +31,4 @@ __all__ = [
     "TeacherTargets",
     "drafter_objectives",
     "parse_config",
-    "write_drafter_marker",
 ]

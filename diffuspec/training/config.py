@@ -22,6 +22,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..config import ADLConfig, CPSConfig, DecodeConfig
+from ..dtypes import DTYPE_NAMES, check_dtype_name
 
 KL_KINDS = ("forward", "reverse", "jsd", "tv")
 STREAK_KINDS = ("likelihood", "acceptance", "greedy")
@@ -36,7 +37,7 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass
 class DrafterTrainingConfig(TrainingArguments):
-    """Trainer arguments plus the drafter objectives (field.md section 2; losses in diffuspec.training.losses)."""
+    """Trainer arguments plus the drafter objectives (the losses are in ``diffuspec.training.losses``)."""
 
     # -- objective mix ----------------------------------------------------------------------------------------
     ce_weight: float = field(
@@ -202,15 +203,18 @@ class ModelArguments:
     """The drafter to train, the verifier it serves, and the LoRA setup."""
 
     drafter_name_or_path: str = field(
-        metadata={"help": "Diffusion drafter folder (Dream, LLaDA or a diffuspec folder; see models.loading)."}
+        metadata={"help": "Diffusion drafter folder (Dream, LLaDA or a diffuspec folder; see diffuspec.loading)."}
     )
     verifier_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Verifier folder: needed for acceptance evaluation and when the data has no teacher top-k."},
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
+    dtype: str = field(
         default="float32",
-        metadata={"help": "Weight dtype at load. float32 with --bf16 is mixed precision; bfloat16 needs a GPU."},
+        metadata={
+            "help": "Weight dtype at load. float32 with --bf16 is mixed precision; bfloat16 needs a GPU.",
+            "choices": DTYPE_NAMES,
+        },
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel, e.g. sdpa or flash_attention_2; null: transformers' choice."}
@@ -235,6 +239,7 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
+        check_dtype_name(self.dtype)
         _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
         _check(self.lora_alpha >= 1, f"lora_alpha must be >= 1, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
@@ -258,7 +263,7 @@ def normalize_target_modules(value: list[str] | str) -> list[str] | str:
 
 @dataclass
 class DataArguments:
-    """Prompt / completion data (``diffuspec.training.data`` writes it) and held-out prompts."""
+    """Prompt / completion data (``diffuspec.datagen`` writes it) and held-out prompts."""
 
     dataset_path: list[str] = field(
         metadata={

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,34 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..dtypes import DTYPE_NAMES, check_dtype_name, resolve_dtype
+from ..files import atomic_path, atomic_write_text
 from ..models.conditioned import spread_feature_layers, verifier_features
 from .collator import cut_row
 
 META_FILE = "features.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORED_DTYPES = ("float32", "bfloat16", "float16")  # what a feature shard may hold
+
+
+@dataclass
+class FeatureArguments:
+    """The flags of ``train/precompute_features.py``."""
+
+    verifier: str = field(metadata={"help": "Verifier folder or Hub id (the name training checks)."})
+    dataset_path: list[str] = field(metadata={"help": "prompt_ids / completion_ids data (files or folders)."})
+    out: str = field(metadata={"help": "Feature folder (created; resumed when it exists)."})
+    feature_layers: list[int] | None = field(default=None, metadata={"help": "hidden_states indices (null: spread)."})
+    dtype: str = field(default="bfloat16", metadata={"help": "Stored feature dtype.", "choices": STORED_DTYPES})
+    shard_rows: int = field(default=256, metadata={"help": "Rows per shard (a kill loses at most one)."})
+    max_prompt_length: int | None = field(default=None, metadata={"help": "As in the training recipe."})
+    max_completion_length: int | None = field(default=None, metadata={"help": "As in the training recipe."})
+    model_dtype: str = field(default="bfloat16", metadata={"help": "Verifier weights.", "choices": DTYPE_NAMES})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.dataset_path, str):
+            self.dataset_path = [self.dataset_path]
+        check_dtype_name(self.dtype, "dtype", STORED_DTYPES)
+        check_dtype_name(self.model_dtype, "model_dtype")
 
 
 @dataclass
@@ -49,7 +72,7 @@ class FeatureSpec:
         return math.ceil(self.rows / self.shard_rows)
 
     def bytes_per_token(self) -> int:
-        return len(self.feature_layers) * self.hidden_size * DTYPES[self.dtype].itemsize
+        return len(self.feature_layers) * self.hidden_size * resolve_dtype(self.dtype).itemsize
 
 
 def shard_path(folder: Path, index: int) -> Path:
@@ -72,8 +95,7 @@ def precompute_features(
     log=print,
 ) -> FeatureSpec:
     """Write the missing shards of this process (shard i belongs to rank ``i % world_size``); returns the spec."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    check_dtype_name(dtype, "dtype", STORED_DTYPES)
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
     if len(dataset) == 0:
@@ -97,7 +119,7 @@ def precompute_features(
     )
     out.mkdir(parents=True, exist_ok=True)
     if rank == 0 and not meta.is_file():
-        _atomic_write(meta, json.dumps(asdict(spec), indent=1))
+        atomic_write_text(meta, json.dumps(asdict(spec), indent=1))
     for index in range(rank, spec.shards, world_size):
         path = shard_path(out, index)
         if path.is_file():
@@ -107,18 +129,11 @@ def precompute_features(
         for row in rows:
             prompt, completion = cut_row(row, max_prompt_length, max_completion_length)
             ids = torch.tensor([prompt + completion], device=verifier.device)
-            pieces.append(verifier_features(verifier, ids, layers)[0].to(device="cpu", dtype=DTYPES[dtype]))
+            pieces.append(verifier_features(verifier, ids, layers)[0].to(device="cpu", dtype=resolve_dtype(dtype)))
         offsets = torch.tensor([0] + [p.shape[0] for p in pieces]).cumsum(0)
-        tmp = path.with_suffix(".tmp")
-        save_file({"features": torch.cat(pieces).contiguous(), "offsets": offsets}, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file({"features": torch.cat(pieces).contiguous(), "offsets": offsets}, str(tmp))
     return spec
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 class FeatureStore:

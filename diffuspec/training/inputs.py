@@ -1,6 +1,6 @@
 """Reading training data and held-out prompts, with the checks that must fail before any model loads.
 
-The data schema is the one ``diffuspec.training.data`` writes: ``prompt_ids`` and ``completion_ids`` (list[int]),
+The data schema is the one ``diffuspec.datagen`` writes: ``prompt_ids`` and ``completion_ids`` (list[int]),
 optionally ``teacher_topk_ids`` / ``teacher_topk_logprobs`` (list[list[int | float]], [completion_len, K]).
 """
 

@@ -1,4 +1,4 @@
-"""Drafter training objectives as pure functions (field.md section 2, method.md section 1).
+"""Drafter training objectives as pure functions.
 
 Notation: ``p`` is the verifier, ``q`` the drafter. Shapes: ``B`` rows, ``S`` scored positions (slots), ``V``
 vocabulary, ``C`` categories of a (possibly coarsened) distribution, ``K`` teacher top-k. Every loss computes in
@@ -39,7 +39,7 @@ def gather_slot_logits(
     """logits [B, W, V], index [R, S] (positions of the tokens to predict) -> [R, S, V].
 
     Shifted drafters (Dream) read the token at position ``s`` from output row ``s - 1``; unshifted ones (LLaDA)
-    from row ``s``. This is the convention of ``DiffusionDrafter`` at inference (method.md section 1), checked
+    from row ``s``. This is the convention of ``DiffusionDrafter`` at inference, checked
     against it in tests/test_train_losses.py; an autoregressive verifier is "shifted". With ``shifted`` every
     index must be >= 1. ``batch_index`` [R] says which logits row each index row reads (default: R = B, row r).
     """

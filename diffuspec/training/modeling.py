@@ -7,19 +7,16 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
-from ..hub import resolve_local
-from ..models.loading import load_diffusion_model
+from ..drafter_config import write_diffuspec_config
+from ..files import replace_folder_atomically
+from ..loading import load_causal_lm, load_diffusion_model, resolve_local
+from ..loading import load_tokenizer as load_folder_tokenizer
 from ..models.tokenizers import check_tokenizers_compatible
-from ..models.weights import replace_folder_atomically
 from .config import DrafterTrainingConfig, ModelArguments
-from .trainer import write_drafter_marker
 
 logger = logging.getLogger(__name__)
-
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 def check_precision(model_args: ModelArguments, training_args: DrafterTrainingConfig) -> None:
@@ -35,7 +32,7 @@ def load_drafter(model_args: ModelArguments, training_args: DrafterTrainingConfi
     """The drafter with its mask id and shift convention, from the checkpoint; config values must agree."""
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     model, mask_token_id, shifted = load_diffusion_model(
-        model_args.drafter_name_or_path, dtype=DTYPES[model_args.dtype], **kwargs
+        model_args.drafter_name_or_path, dtype=model_args.dtype, **kwargs
     )
     for name, stored in (("mask_token_id", mask_token_id), ("shifted", shifted)):
         wanted = getattr(training_args, name)
@@ -52,11 +49,10 @@ def load_drafter(model_args: ModelArguments, training_args: DrafterTrainingConfi
 
 def load_tokenizer(path: str | os.PathLike):
     """The folder's tokenizer, or None when it ships none (then nothing is saved next to the weights)."""
-    folder = Path(resolve_local(path))
-    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
-        logger.info("%s has no tokenizer files; checkpoints will hold weights only", folder)
-        return None
-    return AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_folder_tokenizer(path)
+    if tokenizer is None:
+        logger.info("%s has no tokenizer files; checkpoints will hold weights only", resolve_local(path))
+    return tokenizer
 
 
 def check_drafter_tokenizer(tokenizer, mask_token_id: int) -> None:
@@ -76,9 +72,7 @@ def load_verifier(model_args: ModelArguments, drafter: PreTrainedModel, drafter_
         raise ValueError(
             "verifier_name_or_path is needed: acceptance evaluation is on or the data has no teacher top-k"
         )
-    verifier = AutoModelForCausalLM.from_pretrained(
-        resolve_local(model_args.verifier_name_or_path), dtype=DTYPES[model_args.dtype] or "auto"
-    )
+    verifier = load_causal_lm(model_args.verifier_name_or_path, dtype=model_args.dtype)
     verifier_vocab = verifier.config.get_text_config().vocab_size
     drafter_vocab = drafter.config.get_text_config().vocab_size
     if verifier_vocab != drafter_vocab:
@@ -118,9 +112,8 @@ def save_merged(peft_model, out_dir: str | os.PathLike, mask_token_id: int, shif
 
     def fill(folder: Path) -> None:
         merged.save_pretrained(folder)
-        write_drafter_marker(folder, mask_token_id, shifted)
+        write_diffuspec_config(folder, mask_token_id=mask_token_id, shifted=shifted)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
 
-    replace_folder_atomically(fill, Path(out_dir), overwrite=True)
-    return Path(out_dir)
+    return replace_folder_atomically(fill, Path(out_dir), overwrite=True)

@@ -2,7 +2,7 @@
 online and offline targets).
 
 - ``OfflineTeacher``: the dataset carries ``teacher_topk_ids`` / ``teacher_topk_logprobs`` per completion token
-  (written by ``diffuspec.training.data`` while the verifier generated the completions); the collator cuts them
+  (written by ``diffuspec.datagen`` while the verifier generated the completions); the collator cuts them
   to each block's slots.
 - ``OnlineTeacher``: the frozen verifier reads the clean prompt + completion rows under ``no_grad``, in float32,
   once per example, and each block slot takes the verifier's distribution for its token.

@@ -7,21 +7,19 @@ The base class keeps the loop, accumulation, DDP / DeepSpeed / FSDP, schedules a
   bookkeeping;
 - the averaged terms join the Trainer's own loss log (``terms.LossTermsMixin``: ``loss/ce``, ``block/top1``, ...);
 - atomic checkpoints and no non-finite weights saved (``checkpoints.AtomicCheckpointMixin``);
-- ``_save``: each saved model folder gets the diffuspec marker (mask id, shift), so checkpoints load with
-  ``diffuspec.models.loading.load_diffusion_model`` and ``DiffusionDrafter.from_pretrained``.
+- ``_save``: each saved model folder gets its ``diffuspec_config.json`` (mask id, shift), so checkpoints load with
+  ``diffuspec.loading.load_diffusion_model`` and ``DiffusionDrafter.from_pretrained``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 
-from ..models.loading import NATIVE_MARKER_FILE
+from ..drafter_config import write_diffuspec_config
 from .callbacks import AcceptanceCallback, CollatorEpochCallback
 from .checkpoints import AtomicCheckpointMixin, NonFiniteLossError
 from .collator import TEACHER_COLUMNS, DrafterCollator
@@ -47,14 +45,6 @@ from .terms import LossTermsMixin
 
 #: Objective name -> its weight field on DrafterTrainingConfig.
 OBJECTIVE_WEIGHTS = {"ce": "ce_weight", "block_ce": "block_ce_weight", "kl": "kl_weight", "streak": "streak_weight"}
-
-
-def write_drafter_marker(folder: str | os.PathLike, mask_token_id: int, shifted: bool) -> None:
-    """Write ``diffuspec_config.json`` so the folder loads as a diffuspec-native drafter."""
-    marker = {"mask_token_id": int(mask_token_id), "shifted": bool(shifted)}
-    with open(os.path.join(folder, NATIVE_MARKER_FILE), "w") as f:
-        json.dump(marker, f, indent=2)
-        f.write("\n")
 
 
 def drafter_objectives(
@@ -219,7 +209,13 @@ class DrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            write_drafter_marker(output_dir or self.args.output_dir, self.mask_token_id, self.shifted)
+            objectives = {name: getattr(self.args, weight) for name, weight in OBJECTIVE_WEIGHTS.items()}
+            write_diffuspec_config(
+                output_dir or self.args.output_dir,
+                mask_token_id=self.mask_token_id,
+                shifted=self.shifted,
+                objectives={name: weight for name, weight in objectives.items() if weight > 0},
+            )
 
 
 def _pad_token_id(config) -> int:

@@ -1,0 +1,75 @@
+"""Configuration of conditioned-drafter training: the model, data and training argument classes and their parser.
+
+``ConditionedTrainingConfig`` extends ``transformers.TrainingArguments`` with the conditioned objective; the
+parser is ``parse_config``'s (YAML defaults, command-line overrides, unknown keys refused). (No ``from __future__
+import annotations`` here: HfArgumentParser reads the types.)
+"""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .config import DataArguments, parse_config
+from .losses import position_decay_weights
+
+
+@dataclass
+class ConditionedModelArguments:
+    """The verifier to condition on and the drafter's shape (or a saved drafter to continue from)."""
+
+    verifier_name_or_path: str = field(metadata={"help": "Verifier folder or Hub id (also gives the tokenizer)."})
+    drafter_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved conditioned drafter to continue from (null: a new one)."}
+    )
+    num_hidden_layers: int = field(default=1, metadata={"help": "Drafter layers (1-5)."})
+    block_size: int = field(default=8, metadata={"help": "Mask slots per block: the largest draft length k."})
+    feature_layers: list[int] | None = field(
+        default=None, metadata={"help": "Verifier hidden-state indices to fuse (null: three spread low/mid/high)."}
+    )
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_hidden_layers <= 5:
+            raise ValueError(f"num_hidden_layers must be in 1..5, got {self.num_hidden_layers}")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+
+
+@dataclass
+class ConditionedTrainingConfig(TrainingArguments):
+    """``TrainingArguments`` plus the conditioned objective: block CE with position decay, forward KL to the
+    verifier and the expected accepted streak, each weighted."""
+
+    anchors_per_sequence: int = field(default=8, metadata={"help": "Blocks drafted per training sequence."})
+    decay_gamma: float | None = field(default=None, metadata={"help": "Slot i weighs exp(-(i-1)/gamma); null: 1."})
+    kl_weight: float = field(default=0.0, metadata={"help": "Forward KL to the verifier's next-token distributions."})
+    streak_weight: float = field(default=0.0, metadata={"help": "Expected accepted streak under greedy checking."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.remove_unused_columns = False  # the collator reads prompt_ids / completion_ids itself
+        if self.anchors_per_sequence < 1:
+            raise ValueError(f"anchors_per_sequence must be >= 1, got {self.anchors_per_sequence}")
+        for name in ("kl_weight", "streak_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        position_decay_weights(1, self.decay_gamma)  # refuses gamma <= 0 before any model loads
+
+
+@dataclass
+class ConditionedDataArguments(DataArguments):
+    """The alignment data, plus optional precomputed verifier features (``train/precompute_features.py``)."""
+
+    features_path: str | None = field(
+        default=None,
+        metadata={"help": "Folder of precomputed verifier features for dataset_path (null: the verifier runs online)."},
+    )
+
+
+CONDITIONED_CONFIG_CLASSES = (ConditionedModelArguments, ConditionedDataArguments, ConditionedTrainingConfig)
+
+
+def parse_conditioned_config(
+    argv: list[str] | None = None,
+) -> tuple[ConditionedModelArguments, ConditionedDataArguments, ConditionedTrainingConfig]:
+    """``--config file.yaml`` plus ``--key value`` overrides, unknown keys refused (as ``parse_config``)."""
+    return parse_config(argv, CONDITIONED_CONFIG_CLASSES)

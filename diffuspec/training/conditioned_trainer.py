@@ -1,0 +1,113 @@
+"""The trainer of the feature-conditioned block drafter (:class:`~diffuspec.models.conditioned.ConditionedDrafterModel`).
+
+Each step the frozen verifier reads the batch (prompt + completion) once and returns the features of the
+drafter's ``feature_layers``; a few anchors per sequence are drawn among the completion positions and the
+drafter predicts, in one pass, the ``block_size`` tokens after every anchor. The objective is block
+cross-entropy with DFlash's position decay ``exp(-(i-1)/gamma)`` plus, optionally, forward KL to the verifier's
+own next-token distributions (its logits come from the same pass as the features) and the expected accepted
+streak (``losses.streak_loss`` over ``losses.log_greedy_success``), which is what greedy verification rewards.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from ..models.conditioned import ConditionedDrafterModel, block_targets, verifier_features_and_logits
+from .checkpoints import AtomicCheckpointMixin
+from .conditioned_collator import completion_mask, sample_anchors
+from .conditioned_config import ConditionedTrainingConfig
+from .losses import (
+    IGNORE_INDEX,
+    block_ce_loss,
+    distillation_loss,
+    drafter_logprobs,
+    log_greedy_success,
+    position_decay_weights,
+    streak_loss,
+)
+from .terms import LossTermsMixin
+
+
+def verifier_dtype(args: TrainingArguments) -> torch.dtype:
+    """The frozen verifier runs in bf16 when training does (an 8B verifier in float32 would not fit beside the
+    drafter), else in float32."""
+    return torch.bfloat16 if args.bf16 else torch.float32
+
+
+def slot_logits(logits: torch.Tensor, anchors: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Verifier logits ``[B, T, V]`` -> ``[B, A, block_size, V]``: slot i of anchor a targets the token at a + 1 + i,
+    which the causal verifier predicts at position a + i (clamped at the end; those slots are masked out)."""
+    positions = (anchors[..., None] + torch.arange(block_size, device=anchors.device)).clamp(max=logits.shape[1] - 1)
+    index = positions.flatten(1)[..., None].expand(-1, -1, logits.shape[-1])
+    return torch.gather(logits, 1, index).view(*positions.shape, logits.shape[-1])
+
+
+class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
+    """A Trainer whose loss drafts blocks after sampled completion anchors, conditioned on a frozen verifier.
+
+    The verifier is held here, not in the model: only its embedding and LM head are lent to the drafter (frozen),
+    and its features are computed without gradient on every batch. Checkpoints are atomic (a kill never leaves a
+    broken ``checkpoint-N``) and resume through the Trainer as usual."""
+
+    def __init__(
+        self,
+        model: ConditionedDrafterModel,
+        args: ConditionedTrainingConfig,
+        verifier_model: PreTrainedModel,
+        **kwargs,
+    ) -> None:
+        super().__init__(model=model, args=args, **kwargs)
+        dtype = verifier_dtype(self.args)
+        self.verifier = verifier_model.to(device=self.args.device, dtype=dtype).eval().requires_grad_(False)
+        model.attach_verifier(self.verifier)
+        self._anchor_step, self._anchor_calls = -1, 0
+
+    def _anchor_rng(self) -> torch.Generator:
+        """A generator seeded by (seed, step, micro-batch): a resumed run draws the anchors the uninterrupted run
+        drew, so its losses match step for step."""
+        if self._anchor_step != self.state.global_step:
+            self._anchor_step, self._anchor_calls = self.state.global_step, 0
+        self._anchor_calls += 1
+        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 101 + self._anchor_calls
+        return torch.Generator().manual_seed(seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+        prompt_lengths = inputs["prompt_lengths"]
+        config = self.model.config  # the unwrapped drafter (model may be a DDP wrapper)
+        if "features" in inputs:  # offline: computed by precompute_features, no verifier pass
+            features, verifier_logits = inputs["features"], None
+        else:
+            features, verifier_logits = verifier_features_and_logits(
+                self.verifier, input_ids, config.feature_layers, attention_mask, all_logits=self.args.kl_weight > 0
+            )
+        anchors, anchor_ok = sample_anchors(
+            prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.args.anchors_per_sequence, self._anchor_rng()
+        )
+        anchors, anchor_ok = anchors.to(input_ids.device), anchor_ok.to(input_ids.device)
+        out = model(features=features, input_ids=input_ids, anchor_positions=anchors, compute_logits=True)
+        labels, valid = block_targets(
+            input_ids, anchors, config.block_size, valid=completion_mask(attention_mask, prompt_lengths)
+        )
+        valid = valid & anchor_ok[..., None]
+        k = config.block_size
+        logprobs = drafter_logprobs(out.logits, config.mask_token_id).reshape(-1, k, out.logits.shape[-1])
+        labels = torch.where(valid, labels, IGNORE_INDEX).reshape(-1, k)
+        valid = valid.reshape(-1, k)
+        weights = position_decay_weights(k, self.args.decay_gamma, device=logprobs.device)
+        ce = block_ce_loss(logprobs, labels, weights)
+        loss = ce
+        terms = {"block_ce": ce.detach()}
+        if self.args.kl_weight > 0:
+            teacher = drafter_logprobs(slot_logits(verifier_logits, anchors, k), config.mask_token_id)
+            kl = distillation_loss(logprobs, teacher.reshape_as(logprobs), valid, "forward", slot_weights=weights)
+            loss = loss + self.args.kl_weight * kl
+            terms["kl"] = kl.detach()
+        if self.args.streak_weight > 0:
+            streak = streak_loss(log_greedy_success(logprobs, labels), valid)
+            loss = loss + self.args.streak_weight * streak
+            terms["streak"] = streak.detach()
+        if model.training:
+            self._accumulate({f"loss/{name}": value for name, value in terms.items()})
+        return (loss, {"logits": out.logits}) if return_outputs else loss

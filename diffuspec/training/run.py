@@ -1,0 +1,295 @@
+"""The training runs behind ``train/*.py``: each takes the parsed argument groups, trains and saves a drafter.
+
+``run_drafter_training`` aligns a diffusion drafter (``train/train_drafter.py``), ``run_conditioned_training``
+trains a feature-conditioned one (``train/train_conditioned.py``); both resume from the last checkpoint in
+``output_dir`` and write folders that load with ``diffuspec.drafters.load_drafter`` and push with
+``diffuspec push``. ``train_conditioned_drafter`` is the conditioned run with a fixed small recipe (the quickstart's
+and the tests').
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..drafter_config import write_diffuspec_config
+from ..files import write_json
+from ..loading import load_causal_lm, resolve_local
+from ..models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
+from .callbacks import AcceptanceCallback
+from .conditioned_collator import ConditionedCollator
+from .conditioned_config import ConditionedDataArguments, ConditionedModelArguments, ConditionedTrainingConfig
+from .conditioned_trainer import ConditionedDrafterTrainer, verifier_dtype
+from .config import DataArguments, DrafterTrainingConfig, ModelArguments
+from .features import FeatureArguments, FeatureSpec, FeatureStore, precompute_features
+from .inputs import check_examples, load_examples, load_prompts
+from .modeling import (
+    apply_lora,
+    check_drafter_tokenizer,
+    check_precision,
+    load_drafter,
+    load_tokenizer,
+    load_verifier,
+    save_merged,
+)
+from .trainer import DrafterTrainer
+
+logger = logging.getLogger(__name__)
+
+LOG_FILE = "train_log.json"  # the Trainer's log history, written next to a saved conditioned drafter
+
+
+def resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """``resume_from_checkpoint``, else the last ``checkpoint-N`` in ``output_dir`` (logged), else None."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint is not None:
+            logger.info(f"Checkpoint detected, resuming training at {checkpoint}")
+    return checkpoint
+
+
+def run_drafter_training(
+    model_args: ModelArguments, data_args: DataArguments, training_args: DrafterTrainingConfig
+) -> DrafterTrainer:
+    """Align a diffusion drafter: data checked first, then the drafter, verifier and tokenizer, LoRA if asked,
+    training with the acceptance callback, and the saved drafter (plus merged weights with LoRA)."""
+    ###############
+    # Setup
+    ###############
+    check_precision(model_args, training_args)
+    set_seed(training_args.seed)
+    checkpoint = resume_checkpoint(training_args)
+
+    ###############
+    # Data (checked before any model loads)
+    ###############
+    dataset = load_examples(data_args.dataset_path)
+    has_teacher = check_examples(dataset, f"dataset_path {data_args.dataset_path}")
+    evaluate_acceptance = training_args.eval_acceptance_steps > 0 and training_args.process_index == 0
+    if training_args.eval_acceptance_steps > 0 and data_args.eval_prompts_path is None:
+        raise ValueError("eval_acceptance_steps > 0 needs eval_prompts_path (held-out prompts with prompt_ids)")
+    prompts = (
+        load_prompts(data_args.eval_prompts_path, training_args.eval_acceptance_prompts)
+        if evaluate_acceptance
+        else None
+    )
+
+    ###############
+    # Drafter, verifier, tokenizer
+    ###############
+    model, mask_token_id, shifted = load_drafter(model_args, training_args)
+    tokenizer = load_tokenizer(model_args.drafter_name_or_path)
+    check_drafter_tokenizer(tokenizer, mask_token_id)
+    online_teacher = training_args.needs_teacher and not has_teacher
+    verifier = load_verifier(model_args, model, tokenizer) if online_teacher or evaluate_acceptance else None
+    logger.info(f"Drafter: mask_token_id={mask_token_id} shifted={shifted}; online teacher: {online_teacher}")
+
+    if model_args.use_lora:
+        model = apply_lora(model, model_args, training_args.activation_checkpointing)
+
+    ###############
+    # Train
+    ###############
+    callbacks = []
+    if evaluate_acceptance:
+        callbacks.append(
+            AcceptanceCallback(
+                verifier,
+                prompts,
+                every_n_steps=training_args.eval_acceptance_steps,
+                max_new_tokens=training_args.eval_max_new_tokens,
+                decode_config=training_args.eval_decode_config(),
+            )
+        )
+    trainer = DrafterTrainer(
+        model,
+        training_args,
+        dataset,
+        mask_token_id=mask_token_id,
+        shifted=shifted,
+        verifier_model=verifier if online_teacher else None,
+        max_prompt_length=data_args.max_prompt_length,
+        max_completion_length=data_args.max_completion_length,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+
+    ###############
+    # Save (model folders carry diffuspec_config.json: they load with DiffusionDrafter.from_pretrained)
+    ###############
+    trainer.save_model(training_args.output_dir)
+    logger.info(f"Drafter saved to {training_args.output_dir}")
+    if model_args.use_lora and model_args.merge_and_save and trainer.args.should_save:
+        merged_dir = os.path.join(training_args.output_dir, "merged")
+        save_merged(trainer.accelerator.unwrap_model(trainer.model), merged_dir, mask_token_id, shifted, tokenizer)
+        logger.info(f"Merged LoRA drafter saved to {merged_dir}")
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+def run_conditioned_training(
+    model_args: ConditionedModelArguments,
+    data_args: ConditionedDataArguments,
+    training_args: ConditionedTrainingConfig,
+) -> ConditionedDrafterTrainer:
+    """Check the data and tokenizer, build (or load) the drafter, train (resuming from the last checkpoint in
+    ``output_dir``), and save the drafter, the verifier's tokenizer, ``diffuspec_config.json`` and ``train_log.json``
+    in ``output_dir``; the folder loads with ``ConditionedDrafter.from_pretrained`` and pushes with ``diffuspec push``."""
+    set_seed(training_args.seed)
+    dataset = load_examples(data_args.dataset_path)
+    check_examples(dataset, f"dataset_path {data_args.dataset_path}")
+    verifier_path = resolve_local(model_args.verifier_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(verifier_path)
+    if tokenizer.mask_token_id is None:
+        raise ValueError(
+            f"the tokenizer of {model_args.verifier_name_or_path} has no mask token; the drafter's slots need one "
+            "(add one, e.g. tokenizer.add_special_tokens({'mask_token': '<|mask|>'}), within the embedding rows)"
+        )
+    verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
+    if model_args.drafter_name_or_path is not None:
+        model = ConditionedDrafterModel.from_pretrained(resolve_local(model_args.drafter_name_or_path))
+        model.attach_verifier(verifier)
+    else:
+        config = ConditionedDrafterConfig.for_verifier(
+            verifier.config,
+            mask_token_id=int(tokenizer.mask_token_id),
+            num_hidden_layers=model_args.num_hidden_layers,
+            block_size=model_args.block_size,
+            feature_layers=model_args.feature_layers,
+            verifier_name=model_args.verifier_name_or_path,
+        )
+        torch.manual_seed(training_args.seed)
+        model = ConditionedDrafterModel(config, verifier=verifier)
+    checkpoint = resume_checkpoint(training_args)
+    store = None
+    if data_args.features_path is not None:
+        if training_args.kl_weight > 0:
+            raise ValueError(
+                "kl_weight > 0 needs the verifier's distributions, which offline features do not carry: set "
+                "kl_weight 0 or train online (features_path null)"
+            )
+        store = FeatureStore(data_args.features_path)
+        cuts = (data_args.max_prompt_length, data_args.max_completion_length)
+        store.check(model_args.verifier_name_or_path, model.config.feature_layers, len(dataset), cuts)
+        dataset = dataset.add_column("row", list(range(len(dataset))))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    trainer = ConditionedDrafterTrainer(
+        model,
+        training_args,
+        verifier,
+        train_dataset=dataset,
+        data_collator=ConditionedCollator(
+            pad_token_id=int(pad),
+            max_prompt_length=data_args.max_prompt_length,
+            max_completion_length=data_args.max_completion_length,
+            features=store,
+        ),
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)  # weights, config and the tokenizer (processing_class)
+    if trainer.args.should_save:
+        out = Path(training_args.output_dir)
+        objectives = {"block_ce": 1.0, "kl": training_args.kl_weight, "streak": training_args.streak_weight}
+        write_diffuspec_config(
+            out,
+            mask_token_id=model.config.mask_token_id,
+            shifted=False,  # slot i is read from its own row: it predicts the token at anchor + 1 + i
+            verifier=model_args.verifier_name_or_path,
+            verifier_vocab_size=int(model.config.vocab_size),
+            objectives={name: weight for name, weight in objectives.items() if weight > 0},
+        )
+        write_json(out / LOG_FILE, trainer.state.log_history, indent=1)
+    trainer.accelerator.wait_for_everyone()
+    return trainer
+
+
+def train_conditioned_drafter(
+    verifier_path: str | Path,
+    dataset_path: str | Path,
+    output_dir: str | Path,
+    *,
+    num_layers: int = 1,
+    block_size: int = 8,
+    max_steps: int,
+    batch_size: int,
+    learning_rate: float,
+    anchors_per_sequence: int = 8,
+    decay_gamma: float | None = None,
+    kl_weight: float = 0.0,
+    streak_weight: float = 0.0,
+    seed: int = 0,
+    feature_layers: list[int] | None = None,
+) -> Path:
+    """:func:`run_conditioned_training` with a fixed small recipe (cosine schedule with 5% warmup, a log every ~10%
+    of the steps, no checkpoints): the quickstart's and the tests' entry point."""
+    output_dir = Path(output_dir)
+    training_args = ConditionedTrainingConfig(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(0.05 * max_steps),
+        logging_steps=max(1, max_steps // 10),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        anchors_per_sequence=anchors_per_sequence,
+        decay_gamma=decay_gamma,
+        kl_weight=kl_weight,
+        streak_weight=streak_weight,
+    )
+    model_args = ConditionedModelArguments(
+        verifier_name_or_path=str(verifier_path),
+        num_hidden_layers=num_layers,
+        block_size=block_size,
+        feature_layers=feature_layers,
+    )
+    data_args = ConditionedDataArguments(
+        dataset_path=[str(dataset_path)], max_prompt_length=None, max_completion_length=None
+    )
+    run_conditioned_training(model_args, data_args, training_args)
+    return output_dir
+
+
+def run_feature_precompute(args: FeatureArguments) -> FeatureSpec:
+    """Check the data, load the verifier on this process's device and write its missing feature shards."""
+    from accelerate import PartialState
+
+    dataset = load_examples(args.dataset_path)  # checked before the verifier loads
+    check_examples(dataset, f"dataset_path {args.dataset_path}")
+    state = PartialState()
+    verifier = load_causal_lm(args.verifier, dtype=args.model_dtype, device_map={"": state.device})
+    with torch.inference_mode():
+        spec = precompute_features(
+            verifier,
+            args.verifier,
+            dataset,
+            args.out,
+            feature_layers=args.feature_layers,
+            dtype=args.dtype,
+            shard_rows=args.shard_rows,
+            max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length,
+            rank=state.process_index,
+            world_size=state.num_processes,
+            log=print if state.is_main_process else (lambda *_: None),
+        )
+    state.wait_for_everyone()
+    return spec
