@@ -148,9 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     quick = sub.add_parser("quickstart", help="Whole pipeline on a CPU: verifier, drafters, alignment, speed table.")
-    quick.add_argument("--preset", default="full", help="Preset of recipes/tiny-cpu/quickstart.yaml.")
+    quick.add_argument(
+        "--preset",
+        default="full",
+        help="full or fast (recipes/tiny-cpu), smollm2 or smollm2-smoke (recipes/smollm2-135m-cpu, a real verifier).",
+    )
     quick.add_argument("--fast", action="store_true", help="The small CI preset (same stages, smaller everything).")
-    quick.add_argument("--run-dir", default="runs/quickstart", help="Where every stage's artifacts are cached.")
+    quick.add_argument(
+        "--run-dir", default=None, help="Where every stage's artifacts are cached (runs/quickstart, runs/smollm2)."
+    )
     quick.add_argument("--force", action="store_true", help="Rebuild stages even when cached.")
     quick.add_argument("--stage", default=None, help="Build only this stage (its inputs must be built).")
     quick.add_argument(

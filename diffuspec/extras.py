@@ -12,6 +12,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "vllm": ("vllm",),
     "deepspeed": ("deepspeed",),
     "quant": ("bitsandbytes",),
+    "gguf": ("gguf",),
 }
 
 

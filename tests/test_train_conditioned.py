@@ -336,3 +336,19 @@ def test_two_process_data_parallel_training_keeps_ranks_identical(setup, tmp_pat
     assert [r["world"] for r in ranks] == [2, 2] and [r["step"] for r in ranks] == [3, 3]
     assert ranks[0]["digest"] == ranks[1]["digest"]
     assert ConditionedDrafter.from_pretrained(tmp_path / "run", setup[2]).block_size == BLOCK
+
+
+def test_the_slot_mask_comes_from_the_tokenizer_or_a_named_token(setup):
+    from transformers import AutoTokenizer
+
+    from diffuspec.training.run import slot_mask_id
+
+    tokenizer = AutoTokenizer.from_pretrained(setup[0] / "verifier")
+    assert slot_mask_id(tokenizer, None, "v") == tokenizer.mask_token_id
+    named = next(token for token, i in tokenizer.get_vocab().items() if i == 5)
+    assert slot_mask_id(tokenizer, named, "v") == 5
+    with pytest.raises(ValueError, match=r"mask_token '<nope>' is not in the vocabulary of v's tokenizer"):
+        slot_mask_id(tokenizer, "<nope>", "v")
+    tokenizer.mask_token = None
+    with pytest.raises(ValueError, match="has no mask token; the drafter's slots need one: set mask_token"):
+        slot_mask_id(tokenizer, None, "v")

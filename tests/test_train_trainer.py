@@ -289,3 +289,19 @@ def test_missing_teacher_is_an_error_before_training(tmp_path, dataset):
     bare = dataset.remove_columns(["teacher_topk_ids", "teacher_topk_logprobs"])
     with pytest.raises(ValueError, match="verifier's distributions"):
         DrafterTrainer(new_drafter(), config(tmp_path), bare, mask_token_id=MASK, shifted=True)
+
+
+def test_frozen_embeddings_stay_as_loaded_while_the_layers_train(tmp_path, dataset):
+    from diffuspec.training import ModelArguments
+    from diffuspec.training.modeling import freeze_embeddings
+
+    with pytest.raises(ValueError, match="freeze_embeddings applies to full training"):
+        ModelArguments(drafter_name_or_path="d", freeze_embeddings=True, use_lora=True)
+    model = freeze_embeddings(new_drafter())
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    head = model.get_output_embeddings().weight.detach().clone()
+    layer = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    DrafterTrainer(model, config(tmp_path, save_strategy="no"), dataset, mask_token_id=MASK, shifted=True).train()
+    assert torch.equal(model.get_input_embeddings().weight, embedding)
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, layer)

@@ -24,6 +24,7 @@ from .prompts import PromptRow
 
 SEED_RULE = "row generator seed = blake2b-64('{seed}:{id}') & (2**63 - 1)"
 TEACHER_DISTRIBUTION = "top-K of log_softmax(verifier logits) at temperature 1, float32, teacher-forced"
+TEACHER_FROM_GENERATION = "top-K of log_softmax(verifier logits) at temperature 1, float32, from the batched generation pass"
 
 
 def row_seed(seed: int, row_id: str) -> int:
@@ -101,17 +102,26 @@ class BatchedBackend:
             eos_token_id=list(self.eos) or None,
             pad_token_id=self.pad,
         )
+        k, from_generation = self.config.teacher_topk, self.config.teacher_from_generation
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids.to(self.model.device),
                 attention_mask=attention_mask.to(self.model.device),
                 generation_config=greedy,
+                output_logits=bool(k and from_generation),
+                return_dict_in_generate=True,
             )
+        step_logits = torch.stack(out.logits, dim=1) if k and from_generation else None  # [B, steps, V]
         records = []
-        for row, generated in zip(rows, out[:, width:].tolist(), strict=True):
+        for i, (row, generated) in enumerate(zip(rows, out.sequences[:, width:].tolist(), strict=True)):
             completion = cut_after_eos(generated, self.eos)  # the rest is padding
-            k = self.config.teacher_topk
-            topk = teacher_topk(self.model, row.prompt_ids, completion, k) if k else None
+            topk = None
+            if k and step_logits is not None:  # step t scored p(. | prompt, completion[:t]): the teacher's row t
+                logprobs = torch.log_softmax(step_logits[i, : len(completion)].float(), dim=-1)
+                values, ids = logprobs.topk(k, dim=-1)
+                topk = ids.tolist(), values.tolist()
+            elif k:
+                topk = teacher_topk(self.model, row.prompt_ids, completion, k)
             records.append(make_record(row, completion, topk))
         return records
 

@@ -40,6 +40,13 @@ class DataGenerationConfig:
     teacher_topk: int = field(
         default=0, metadata={"help": "Store the verifier's top-K log-probs per completion token (0: none)."}
     )
+    teacher_from_generation: bool = field(
+        default=False,
+        metadata={
+            "help": "--backend transformers: take the top-K from the generation pass's own logits (the same "
+            "distributions up to batching's rounding) instead of a teacher-forced pass per row."
+        },
+    )
     chunk_size: int = field(default=16, metadata={"help": "Rows per shard append (a kill loses at most one chunk)."})
     backend: Literal["diffuspec", "transformers", "vllm"] = field(
         default="diffuspec",
@@ -71,6 +78,10 @@ class DataGenerationConfig:
         )
         _check(self.teacher_topk >= 0, f"teacher_topk must be >= 0 (0: none), got {self.teacher_topk}")
         _check(self.chunk_size >= 1, f"chunk_size must be >= 1, got {self.chunk_size}")
+        _check(
+            not self.teacher_from_generation or self.backend == "transformers",
+            "teacher_from_generation reads the logits of --backend transformers' batched generation pass",
+        )
         _check(
             self.backend in ("diffuspec", "transformers", "vllm"),
             f"backend must be diffuspec, transformers or vllm, got {self.backend!r}",

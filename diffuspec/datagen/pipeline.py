@@ -13,7 +13,7 @@ import torch
 from ..eos import folder_eos_ids
 from ..loading import resolve_local
 from ..version import __version__
-from .backends import SEED_RULE, TEACHER_DISTRIBUTION, build_backend, check_backend
+from .backends import SEED_RULE, TEACHER_DISTRIBUTION, TEACHER_FROM_GENERATION, build_backend, check_backend
 from .config import DataGenerationConfig, _check
 from .dataset import SCHEMA, check_out_dir, merge_shards
 from .prompts import check_chat_template, load_prompt_specs, prompt_row
@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 def generation_params(config: DataGenerationConfig, eos: tuple[int, ...]) -> dict[str, Any]:
     """Everything that decides a row's content; a resumed run must repeat it exactly."""
     keys = ("verifier", "backend", "dtype", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "teacher_topk")
-    return {**{k: getattr(config, k) for k in keys}, "eos_token_ids": list(eos), "chat": config.chat}
+    params = {**{k: getattr(config, k) for k in keys}, "eos_token_ids": list(eos), "chat": config.chat}
+    if config.teacher_from_generation:  # recorded only when set, so shards written without the option still resume
+        params["teacher_from_generation"] = True
+    return params
 
 
 def _versions() -> dict[str, str]:
@@ -126,7 +129,13 @@ def generate_dataset(config: DataGenerationConfig, state: Any = None) -> Path:
             **params,
             "verifier_vocab_size": vocab_size,
             "seed_rule": SEED_RULE,
-            "teacher_distribution": TEACHER_DISTRIBUTION if config.teacher_topk else None,
+            "teacher_distribution": (
+                None
+                if not config.teacher_topk
+                else TEACHER_FROM_GENERATION
+                if config.teacher_from_generation
+                else TEACHER_DISTRIBUTION
+            ),
             "chat_template": chat_template,
             "prompt_source": {k: v for k, v in source.items() if v is not None},
             "max_prompts": config.max_prompts,

@@ -58,6 +58,13 @@ def adapt_ar_to_diffusion(
 
 def bidirectional_copy(model: PreTrainedModel, num_layers: int | None = None) -> PreTrainedModel:
     """A copy of ``model`` with its first ``num_layers`` decoder layers and full attention; ``model`` is untouched."""
+    drafter = truncated_copy(model, num_layers)
+    set_bidirectional(drafter)
+    return drafter
+
+
+def truncated_copy(model: PreTrainedModel, num_layers: int | None = None) -> PreTrainedModel:
+    """A copy of ``model`` with its first ``num_layers`` decoder layers (still causal); ``model`` is untouched."""
     layers = getattr(getattr(model, "model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise TypeError(f"{type(model).__name__} is not a decoder-only *ForCausalLM with model.layers")
@@ -74,7 +81,6 @@ def bidirectional_copy(model: PreTrainedModel, num_layers: int | None = None) ->
     drafter.config.num_hidden_layers = keep
     if getattr(drafter.config, "layer_types", None) is not None:
         drafter.config.layer_types = list(drafter.config.layer_types[:keep])
-    set_bidirectional(drafter)
     return drafter
 
 

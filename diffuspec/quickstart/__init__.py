@@ -1,5 +1,9 @@
 """``diffuspec quickstart``: the whole pipeline on a laptop CPU, from nothing to a speed table.
 
+Two recipes share the stage machinery (``pipeline.py``): the presets ``full`` and ``fast`` of
+``recipes/tiny-cpu/quickstart.yaml`` train every model themselves (below), and ``smollm2`` / ``smollm2-smoke`` of
+``recipes/smollm2-135m-cpu/quickstart.yaml`` run against a real pretrained verifier (``smollm2.py``).
+
 corpus -> verifier -> ar_drafter -> drafter_unaligned -> data -> proxy -> drafter_aligned -> drafter_conditioned
 -> eval
 """
@@ -14,7 +18,7 @@ import torch
 
 from . import stages as s
 from .conditioned import build_drafter_conditioned
-from .config import QuickstartConfig, load_preset
+from .config import RECIPE, load_preset
 from .pipeline import Stage, run_stages
 
 SHAPE = ("block_size", "batch_size", "lr", "seed")
@@ -80,24 +84,45 @@ STAGES = [
 ]
 
 
+def load_pipeline(preset: str, overrides: dict[str, object] | None = None) -> tuple[object, list[Stage], str]:
+    """(settings, stages, default run folder) of a preset of either recipe; unknown names are refused."""
+    import yaml
+
+    from . import smollm2
+
+    overrides = overrides or {}
+    recipes = {
+        RECIPE: (load_preset, STAGES, "runs/quickstart"),
+        smollm2.RECIPE: (smollm2.load_preset, smollm2.STAGES, "runs/smollm2"),
+    }
+    known = []
+    for path, (load, stages, run_dir) in recipes.items():
+        names = list(yaml.safe_load(path.read_text()))
+        if preset in names:
+            return load(preset, **overrides), stages, run_dir
+        known += names
+    raise ValueError(f"unknown quickstart preset {preset!r}; presets are {known}")
+
+
 def run_quickstart(
     preset: str = "full",
-    run_dir: str | Path = "runs/quickstart",
+    run_dir: str | Path | None = None,
     force: bool = False,
     only: str | None = None,
     overrides: dict[str, object] | None = None,
 ) -> Path:
-    """Build every stage (cached), print the results table and return the run folder.
+    """Build every stage (cached), print the results table and return the run folder (default: runs/quickstart for
+    the tiny presets, runs/smollm2 for the real-verifier ones).
 
     ``overrides`` replace preset settings (unknown names are refused); only the stages whose settings or inputs
     change are rebuilt, so a variant can start from a copy of another run's folders."""
-    config: QuickstartConfig = load_preset(preset, **(overrides or {}))
-    run_dir = Path(run_dir)
+    config, stages, default_dir = load_pipeline(preset, overrides)
+    run_dir = Path(run_dir if run_dir is not None else default_dir)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     start = time.perf_counter()
     try:
-        folders = run_stages(STAGES, config, run_dir, force=force, only=only)
+        folders = run_stages(stages, config, run_dir, force=force, only=only)
     finally:
         torch.set_num_threads(previous_threads)  # callers (and test sessions) keep their own setting
     results = folders["eval"] / "results.md"

@@ -26,6 +26,13 @@ class ConditionedModelArguments:
     feature_layers: list[int] | None = field(
         default=None, metadata={"help": "Verifier hidden-state indices to fuse (null: three spread low/mid/high)."}
     )
+    mask_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "A token of the verifier's vocabulary that fills the block's draft slots (null: the tokenizer's "
+            "mask token); for verifiers whose tokenizer has none, pick one a chat never uses."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_hidden_layers <= 5:

@@ -220,6 +220,13 @@ class ModelArguments:
         default=None, metadata={"help": "Attention kernel, e.g. sdpa or flash_attention_2; null: transformers' choice."}
     )
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the input embedding and the LM head as loaded: a drafter cut from its verifier keeps the "
+            "verifier's own (and the optimizer skips the largest matrices)."
+        },
+    )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
@@ -241,6 +248,10 @@ class ModelArguments:
     def __post_init__(self) -> None:
         check_dtype_name(self.dtype)
         _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        _check(
+            not (self.freeze_embeddings and self.use_lora),
+            "freeze_embeddings applies to full training; with use_lora only the adapters train already",
+        )
         _check(self.lora_alpha >= 1, f"lora_alpha must be >= 1, got {self.lora_alpha}")
         _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         self.lora_target_modules = normalize_target_modules(self.lora_target_modules)

@@ -86,6 +86,16 @@ def load_verifier(model_args: ModelArguments, drafter: PreTrainedModel, drafter_
     return verifier.eval().requires_grad_(False)
 
 
+def freeze_embeddings(model: PreTrainedModel) -> PreTrainedModel:
+    """Stop gradients to the input embedding and the LM head (one matrix when they are tied)."""
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is not None:
+            module.weight.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("embeddings frozen: %d of %d parameters trainable", trainable, sum(p.numel() for p in model.parameters()))
+    return model
+
+
 def apply_lora(model: PreTrainedModel, model_args: ModelArguments, activation_checkpointing: bool) -> PreTrainedModel:
     """Wrap ``model`` with peft LoRA adapters (target modules: suffix list, one regex, or all-linear)."""
     from peft import LoraConfig, get_peft_model

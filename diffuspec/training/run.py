@@ -33,6 +33,7 @@ from .modeling import (
     apply_lora,
     check_drafter_tokenizer,
     check_precision,
+    freeze_embeddings,
     load_drafter,
     load_tokenizer,
     load_verifier,
@@ -53,6 +54,21 @@ def resume_checkpoint(training_args: TrainingArguments) -> str | None:
         if checkpoint is not None:
             logger.info(f"Checkpoint detected, resuming training at {checkpoint}")
     return checkpoint
+
+
+def slot_mask_id(tokenizer, mask_token: str | None, verifier_name: str) -> int:
+    """The id that fills a conditioned drafter's slots: ``mask_token``'s, else the tokenizer's mask token's."""
+    if mask_token is not None:
+        vocab = tokenizer.get_vocab()
+        if mask_token not in vocab:
+            raise ValueError(f"mask_token {mask_token!r} is not in the vocabulary of {verifier_name}'s tokenizer")
+        return int(vocab[mask_token])
+    if tokenizer.mask_token_id is None:
+        raise ValueError(
+            f"the tokenizer of {verifier_name} has no mask token; the drafter's slots need one: set mask_token to a "
+            "token of its vocabulary a chat never uses, or add one within the embedding rows"
+        )
+    return int(tokenizer.mask_token_id)
 
 
 def run_drafter_training(
@@ -93,6 +109,8 @@ def run_drafter_training(
 
     if model_args.use_lora:
         model = apply_lora(model, model_args, training_args.activation_checkpointing)
+    elif model_args.freeze_embeddings:
+        model = freeze_embeddings(model)
 
     ###############
     # Train
@@ -151,11 +169,7 @@ def run_conditioned_training(
     check_examples(dataset, f"dataset_path {data_args.dataset_path}")
     verifier_path = resolve_local(model_args.verifier_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
-    if tokenizer.mask_token_id is None:
-        raise ValueError(
-            f"the tokenizer of {model_args.verifier_name_or_path} has no mask token; the drafter's slots need one "
-            "(add one, e.g. tokenizer.add_special_tokens({'mask_token': '<|mask|>'}), within the embedding rows)"
-        )
+    mask_token_id = slot_mask_id(tokenizer, model_args.mask_token, model_args.verifier_name_or_path)
     verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
     if model_args.drafter_name_or_path is not None:
         model = ConditionedDrafterModel.from_pretrained(resolve_local(model_args.drafter_name_or_path))
@@ -163,7 +177,7 @@ def run_conditioned_training(
     else:
         config = ConditionedDrafterConfig.for_verifier(
             verifier.config,
-            mask_token_id=int(tokenizer.mask_token_id),
+            mask_token_id=mask_token_id,
             num_hidden_layers=model_args.num_hidden_layers,
             block_size=model_args.block_size,
             feature_layers=model_args.feature_layers,
@@ -231,6 +245,8 @@ def train_conditioned_drafter(
     streak_weight: float = 0.0,
     seed: int = 0,
     feature_layers: list[int] | None = None,
+    mask_token: str | None = None,
+    features_path: str | Path | None = None,
 ) -> Path:
     """:func:`run_conditioned_training` with a fixed small recipe (cosine schedule with 5% warmup, a log every ~10%
     of the steps, no checkpoints): the quickstart's and the tests' entry point."""
@@ -260,9 +276,13 @@ def train_conditioned_drafter(
         num_hidden_layers=num_layers,
         block_size=block_size,
         feature_layers=feature_layers,
+        mask_token=mask_token,
     )
     data_args = ConditionedDataArguments(
-        dataset_path=[str(dataset_path)], max_prompt_length=None, max_completion_length=None
+        dataset_path=[str(dataset_path)],
+        max_prompt_length=None,
+        max_completion_length=None,
+        features_path=None if features_path is None else str(features_path),
     )
     run_conditioned_training(model_args, data_args, training_args)
     return output_dir

