@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -94,12 +95,18 @@ class QuickstartConfig:
 
 def load_preset(name: str, path: Path = RECIPE, **overrides) -> QuickstartConfig:
     """Read preset ``name`` from the recipe; unknown keys are an error naming them."""
+    return read_preset(QuickstartConfig, name, path, overrides)
+
+
+def read_preset(config_class: type, name: str, path: Path, overrides: dict) -> Any:
+    """``config_class`` from preset ``name`` of the YAML file ``path``, ``overrides`` on top; unknown keys are
+    refused by name."""
     presets = yaml.safe_load(path.read_text())
     if name not in presets:
         raise ValueError(f"unknown quickstart preset {name!r}; {path} has {sorted(presets)}")
     values = {**(presets[name] or {}), **overrides}
-    known = {f.name for f in fields(QuickstartConfig)}
+    known = {f.name for f in fields(config_class)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown quickstart setting(s) {unknown} in preset {name!r} of {path}")
-    return QuickstartConfig(**values)
+    return config_class(**values)

@@ -23,10 +23,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from ..files import write_jsonl
-from .config import RECIPES
+from .config import RECIPES, read_preset
 from .pipeline import Stage
 
 RECIPE = RECIPES / "smollm2-135m-cpu" / "quickstart.yaml"
@@ -86,14 +84,8 @@ class SmolLM2Config:
 
 
 def load_preset(name: str, path: Path = RECIPE, **overrides) -> SmolLM2Config:
-    presets = yaml.safe_load(path.read_text())
-    if name not in presets:
-        raise ValueError(f"unknown quickstart preset {name!r}; {path} has {sorted(presets)}")
-    values = {**(presets[name] or {}), **overrides}
-    unknown = sorted(set(values) - {f.name for f in fields(SmolLM2Config)})
-    if unknown:
-        raise ValueError(f"unknown quickstart setting(s) {unknown} in preset {name!r} of {path}")
-    return SmolLM2Config(**values)
+    """Preset ``name`` of the recipe; unknown keys are an error naming them."""
+    return read_preset(SmolLM2Config, name, path, overrides)
 
 
 # ---------------------------------------------------------------- verifier, corpus, data
@@ -316,38 +308,9 @@ def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str
 
 
 def eval_methods(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
-    proxy = str(inputs["proxy"] / "proxy.json")
+    from .stages import quickstart_methods
 
-    def dlm(name: str, stage: str, cps: bool, adl: bool) -> dict:
-        return {
-            "kind": "diffusion",
-            "name": name,
-            "drafter": str(inputs[stage] / "model"),
-            "context_window": config.draft_window,
-            "cps": {"m_max": 8} if cps else None,
-            "proxy": proxy if cps else None,
-            "adl": dict(ADL) if adl else None,
-            "draft_length": 8,
-        }
-
-    return [
-        {"kind": "ar"},
-        {"kind": "hf_generate"},
-        {"kind": "pld"},
-        {"kind": "hf_pld"},
-        {"kind": "hf_assisted"},
-        dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl=True),
-        dlm("dlm_aligned", "drafter_aligned", cps=True, adl=True),
-        dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl=False),
-        {
-            "kind": "conditioned",
-            "name": "dlm_conditioned",
-            "drafter": str(inputs["drafter_conditioned"] / "model"),
-            "cps": {"m_max": 8},
-            "proxy": proxy,
-            "adl": dict(ADL),
-        },
-    ]
+    return quickstart_methods(inputs, window=config.draft_window, adl=ADL)
 
 
 def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:

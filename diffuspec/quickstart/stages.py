@@ -231,10 +231,15 @@ def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) ->
 
 
 def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict]:
-    proxy = str(inputs["proxy"] / "proxy.json")
-    window = config.draft_window
+    return quickstart_methods(inputs, window=config.draft_window, adl=ADL_TINY)
 
-    def dlm(name: str, stage: str, cps: bool, adl: bool) -> dict:
+
+def quickstart_methods(inputs: dict[str, Path], window: int | None, adl: dict[str, int]) -> list[dict]:
+    """The methods every quickstart times: plain decoding, the copy and AR peers, the unaligned and the aligned
+    diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders."""
+    proxy = str(inputs["proxy"] / "proxy.json")
+
+    def dlm(name: str, stage: str, cps: bool, adl_on: bool) -> dict:
         return {
             "kind": "diffusion",
             "name": name,
@@ -242,7 +247,7 @@ def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict
             "context_window": window,
             "cps": {"m_max": 8} if cps else None,
             "proxy": proxy if cps else None,
-            "adl": dict(ADL_TINY) if adl else None,
+            "adl": dict(adl) if adl_on else None,
             "draft_length": 8,
         }
 
@@ -252,16 +257,16 @@ def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict
         {"kind": "pld"},
         {"kind": "hf_pld"},
         {"kind": "hf_assisted"},
-        dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl=True),
-        dlm("dlm_aligned", "drafter_aligned", cps=True, adl=True),
-        dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl=False),
+        dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl_on=True),
+        dlm("dlm_aligned", "drafter_aligned", cps=True, adl_on=True),
+        dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl_on=False),
         {
             "kind": "conditioned",
             "name": "dlm_conditioned",
             "drafter": str(inputs["drafter_conditioned"] / "model"),
             "cps": {"m_max": 8},
             "proxy": proxy,
-            "adl": dict(ADL_TINY),
+            "adl": dict(adl),
         },
     ]
 
