@@ -157,6 +157,38 @@ def write_model_card(
     return atomic_write_text(card_path, text)
 
 
+def write_dflash_card(
+    folder: str | os.PathLike, *, verifier: str, name: str, block_size: int, commands: Mapping[str, str]
+) -> Path:
+    """Write the card of an exported DFlash checkpoint: the verifier it serves with and the serving commands."""
+    import yaml
+
+    meta = {
+        "base_model": verifier,
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["dflash", "diffuspec", "speculative-decoding", "drafter"],
+    }
+    served = "".join(f"{engine}:\n\n```bash\n{command}\n```\n\n" for engine, command in commands.items())
+    text = (
+        "---\n"
+        + yaml.safe_dump(meta, sort_keys=False)
+        + "---\n\n"
+        + f"# {name}\n\n"
+        + f"A DFlash block drafter for `{verifier}`, trained with diffuspec: it reads the verifier's hidden states and "
+        + f"drafts {block_size - 1} tokens per block (block_size {block_size} counts the anchor). Its embedding and LM "
+        + "head are the verifier's, so it serves only with that verifier; the verifier checks every drafted token, "
+        + "so the output is the verifier's own.\n\n"
+        + "## Serve\n\n"
+        + served
+        + "## Decode with diffuspec\n\n"
+        + f"```python\nfrom diffuspec import SpeculativeDecoder\n\ndecoder = SpeculativeDecoder.from_pretrained(\"{verifier}\", "
+        + f"\"{name}\")\n```\n"
+    )
+    folder = Path(folder)
+    return atomic_write_text(folder / CARD_FILE, text)
+
+
 def update_model_card(folder: str | os.PathLike, section: str) -> Path:
     """Replace the marked section of ``folder/README.md`` with ``section`` (appended if the markers are absent)."""
     folder = Path(folder)

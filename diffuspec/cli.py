@@ -104,6 +104,21 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_drafter
+
+    out = export_drafter(
+        args.drafter,
+        args.output_dir,
+        format=args.format,
+        verifier=args.verifier,
+        repo_id=args.repo_id,
+        overwrite=args.overwrite,
+    )
+    print(f"{args.format} checkpoint written to {out}")
+    return 0
+
+
 def setting(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with a YAML value (``3``, ``1e-3``, ``verifier``, ``{hidden_size: 256, num_layers: 2}``)."""
     import yaml
@@ -174,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="Time decoding methods against plain decoding on a benchmark (YAML recipe).")
     add_eval_arguments(ev)
     ev.set_defaults(func=cmd_eval)
+
+    export = sub.add_parser("export", help="Write a drafter in another format (dflash: for vLLM / SGLang).")
+    export.add_argument("drafter", help="Drafter folder or Hub id (a feature-conditioned drafter for dflash).")
+    export.add_argument("--format", choices=["dflash"], default="dflash")
+    export.add_argument("--output-dir", required=True, help="Folder to write (written whole or not at all).")
+    export.add_argument("--verifier", default=None, help="Verifier it serves with (default: the recorded one).")
+    export.add_argument("--repo-id", default=None, help="Hub name used in the card's serving commands.")
+    export.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    export.set_defaults(func=cmd_export)
 
     push = sub.add_parser("push", help="Upload a drafter folder (weights, tokenizer, diffuspec_config.json, card).")
     push.add_argument("folder", help="Drafter or adapter folder; checked before anything is uploaded.")

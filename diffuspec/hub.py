@@ -1,7 +1,8 @@
 """Pushing a drafter folder to the Hugging Face Hub: checked completely before anything is uploaded.
 
 A drafter folder holds its weights (or a LoRA adapter), the verifier's tokenizer, ``diffuspec_config.json``
-(``diffuspec.drafter_config``) and a ``README.md`` model card (``diffuspec.cards``). Resolving Hub ids to local
+(``diffuspec.drafter_config``) and a ``README.md`` model card (``diffuspec.cards``); a DFlash export
+(``diffuspec export --format dflash``) holds its config, weights and card. Resolving Hub ids to local
 folders is ``diffuspec.loading.resolve_local``.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from .cards import CARD_FILE, write_model_card
 from .drafter_config import CONFIG_FILE, DiffuspecConfig, read_diffuspec_config
 from .loading import TOKENIZER_FILES
+from .models.dflash import config_from_dflash, is_dflash_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +26,19 @@ PUSH_IGNORE = ["checkpoint-*/", "runs/", ".partial-*/", "*.tmp", "training_args.
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-def check_drafter_folder(folder: str | os.PathLike) -> DiffuspecConfig:
-    """Fail before any upload if ``folder`` is not a complete drafter (or adapter) folder; returns its config."""
+def check_drafter_folder(folder: str | os.PathLike) -> DiffuspecConfig | None:
+    """Fail before any upload if ``folder`` is not a complete drafter (or adapter) folder; returns its config
+    (None for a DFlash checkpoint, whose config.json says everything: it must translate and have weights)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"drafter folder {folder} does not exist")
-    config = read_diffuspec_config(folder)
     weights = [p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES)]
+    if is_dflash_checkpoint(folder):
+        config_from_dflash(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        if not weights:
+            raise FileNotFoundError(f"{folder} has no weights (*.safetensors)")
+        return None
+    config = read_diffuspec_config(folder)
     if not weights:
         raise FileNotFoundError(f"{folder} has no weights (*.safetensors or *.bin)")
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():

@@ -16,6 +16,9 @@
   ``quantization="8bit"`` / ``"4bit"`` loads any of them through bitsandbytes (``pip install 'diffuspec[quant]'``):
   Dream-7B's weights take 8.7 / 5.9 GB instead of 15.2 GB in bf16 (the embedding and the LM head stay bf16).
 
+- ``load_conditioned_model``: a feature-conditioned drafter, diffuspec's own or a DFlash checkpoint
+  (``architectures: ["DFlashDraftModel"]``, translated by ``models/dflash.py``).
+
 Drafter objects (``DiffusionDrafter``, ``ConditionedDrafter``) are built from these by ``diffuspec.drafters``.
 """
 
@@ -33,7 +36,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 from .devices import resolve_device
 from .drafter_config import CONFIG_FILE, has_diffuspec_config, read_diffuspec_config
 from .dtypes import load_dtype, resolve_dtype
-from .models.conditioned import ConditionedDrafterConfig
+from .models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
+from .models.dflash import is_dflash_checkpoint, load_dflash_drafter
 from .models.dream import load_dream
 from .models.llada import load_llada
 from .models.weights import set_bidirectional
@@ -86,8 +90,25 @@ def config_vocab_size(folder: str | os.PathLike) -> int:
 
 
 def is_conditioned_drafter(folder: str | os.PathLike) -> bool:
-    """Whether a model folder holds a feature-conditioned drafter (which needs its verifier to load)."""
-    return read_model_config(folder).get("model_type") == ConditionedDrafterConfig.model_type
+    """Whether a model folder holds a feature-conditioned drafter, diffuspec's or DFlash's (either needs its
+    verifier to draft)."""
+    return read_model_config(folder).get("model_type") == ConditionedDrafterConfig.model_type or (
+        is_dflash_checkpoint(folder)
+    )
+
+
+def load_conditioned_model(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
+) -> ConditionedDrafterModel:
+    """A conditioned drafter's model from a folder or Hub id: diffuspec's format, or a DFlash checkpoint (whose
+    options are honoured or refused by name). The verifier's embedding and head are attached by the caller."""
+    folder = resolve_local(name_or_path)
+    if is_dflash_checkpoint(folder):
+        return load_dflash_drafter(folder, dtype=dtype, device=resolve_device(device_map))
+    return ConditionedDrafterModel.from_pretrained(folder, device_map=device_map, dtype=load_dtype(dtype))
 
 
 def has_tokenizer(folder: str | os.PathLike) -> bool:

@@ -54,8 +54,14 @@ def full_logprobs(lattice) -> torch.Tensor:
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("num_hidden_layers", 0, "num_hidden_layers must be in 1..5"),
-        ("num_hidden_layers", 6, "num_hidden_layers must be in 1..5"),
+        ("num_hidden_layers", 0, "num_hidden_layers must be in 1..8"),
+        ("num_hidden_layers", 9, "num_hidden_layers must be in 1..8"),
+        ("head_dim", 7, "head_dim must be even"),
+        ("layer_types", ["full_attention", "full_attention"], "layer_types must name one of"),
+        ("layer_types", ["chunked_attention"], "layer_types must name one of"),
+        ("layer_types", ["sliding_attention"], "sliding_window must be >= 1"),
+        ("final_logit_softcapping", 0.0, "final_logit_softcapping must be > 0"),
+        ("input_embedding_scale", 0.0, "input_embedding_scale and output_multiplier must be > 0"),
         ("verifier_hidden_size", 64, "must equal verifier_hidden_size"),
         ("feature_layers", [1, 1], "must not repeat"),
         ("feature_layers", [-1], "feature_layers must lie in"),
@@ -156,9 +162,31 @@ def test_drafter_refuses_requests_it_cannot_serve(verifier):
 # -- training == inference -------------------------------------------------------------------------------------------
 
 
-def test_training_forward_equals_inference_propose(verifier):
-    """Every anchor of a training batch gives the logits the drafter proposes on the prefix ids[:a + 1]."""
-    model = make_drafter(verifier, layers=2, block_size=5)
+ARCHITECTURES = {
+    "default": {},
+    "no_qk_norm": {"qk_norm": False},
+    "sliding": {"layer_types": ["sliding_attention", "full_attention"], "sliding_window": 3},
+    "bidirectional_window": {
+        "layer_types": ["full_attention", "sliding_attention"],
+        "sliding_window": 2,
+        "attention_causal": False,
+    },
+    "causal": {"attention_causal": True},
+    "bias_head_dim_scales": {
+        "attention_bias": True,
+        "head_dim": 16,
+        "input_embedding_scale": 1.7,
+        "output_multiplier": 0.6,
+        "final_logit_softcapping": 4.0,
+    },
+}
+
+
+@pytest.mark.parametrize("options", ARCHITECTURES.values(), ids=ARCHITECTURES.keys())
+def test_training_forward_equals_inference_propose(verifier, options):
+    """Every anchor of a training batch gives the logits the drafter proposes on the prefix ids[:a + 1], for
+    every attention variant (windows and causality are by absolute position in both)."""
+    model = make_drafter(verifier, layers=2, block_size=5, **options)
     layers = model.config.feature_layers
     torch.manual_seed(3)
     ids = torch.randint(0, VOCAB - 1, (2, 14))
@@ -171,6 +199,26 @@ def test_training_forward_equals_inference_propose(verifier):
             train = out.logits[b, j].clone()
             train[:, MASK] = float("-inf")
             torch.testing.assert_close(full_logprobs(lattice), torch.log_softmax(train, -1).float())
+
+
+def test_drafters_saved_before_qk_norms_load_and_compute_the_same(verifier, tmp_path):
+    """A folder in the old layout (no qk_norm key, the fusion norm named fusion_norm) loads as qk_norm=False."""
+    model = make_drafter(verifier, qk_norm=False)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["qk_norm"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "model.safetensors")
+    state["fusion_norm.weight"] = state.pop("hidden_norm.weight")
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = ConditionedDrafterModel.from_pretrained(tmp_path).to(verifier.dtype)
+    assert loaded.config.qk_norm is False
+    req = request(verifier, model.config.feature_layers, [3, 9, 4, 7, 1], k=4)
+    torch.testing.assert_close(
+        ConditionedDrafter(loaded, verifier).propose(req).logprobs, ConditionedDrafter(model).propose(req).logprobs
+    )
 
 
 def test_eager_and_sdpa_attention_agree(verifier):

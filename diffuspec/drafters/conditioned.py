@@ -19,8 +19,7 @@ from transformers import PreTrainedModel
 
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
-from ..dtypes import load_dtype
-from ..loading import resolve_local
+from ..loading import load_conditioned_model
 from ..models.conditioned import ConditionedDrafterModel, ContextMemory
 
 
@@ -53,12 +52,12 @@ class ConditionedDrafter(Drafter):
         dtype: torch.dtype | str | None = None,
         device_map: str | dict | None = None,
     ) -> ConditionedDrafter:
-        """Load a saved drafter and re-attach ``verifier_model``'s embedding and LM head.
+        """Load a saved drafter (diffuspec's format or a DFlash checkpoint) and attach ``verifier_model``'s
+        embedding and LM head.
 
         Refuses (ValueError) a verifier whose hidden size, layer count, vocabulary or, when both are known and
         ``check_name``, name differs from the drafter's record, or that lacks one of its feature layers."""
-        folder = resolve_local(path)
-        model = ConditionedDrafterModel.from_pretrained(folder, device_map=device_map, dtype=load_dtype(dtype))
+        model = load_conditioned_model(path, dtype=dtype, device_map=device_map)
         model.attach_verifier(verifier_model, check_name=check_name)
         return cls(model)
 

@@ -3,14 +3,19 @@
 The model drafts a block anchored at position ``a`` (the newest committed token) in one pass:
 
 1. Fusion. The verifier states of ``config.feature_layers`` at positions ``0..a-1``, concatenated to
-   ``[a, len(feature_layers) * verifier_hidden_size]``, go through one linear map and an RMSNorm: the context
-   memory ``c`` ``[a, hidden_size]``.
-2. K/V injection. Every draft layer projects ``c`` with its own ``k_proj`` / ``v_proj`` (RoPE at the absolute
-   positions ``0..a-1``) and puts these keys/values before the block's own keys/values.
-3. The block is ``[token at a] + block_size`` mask slots at positions ``a..a+block_size``. It attends
-   bidirectionally within itself and to every memory position. Unshifted: the slot at ``a + i`` gives the
-   distribution of the token at ``a + i``.
-4. A final RMSNorm and the verifier's LM head give the logits; the input embedding is the verifier's too.
+   ``[a, len(feature_layers) * verifier_hidden_size]``, go through one linear map (``fc``) and an RMSNorm
+   (``hidden_norm``): the context memory ``c`` ``[a, hidden_size]``.
+2. K/V injection. Every draft layer projects ``c`` with its own ``k_proj`` / ``v_proj`` (per-head ``k_norm``, then
+   RoPE at the absolute positions ``0..a-1``) and puts these keys/values before the block's own keys/values.
+3. The block is ``[token at a] + block_size`` mask slots at positions ``a..a+block_size``, embedded by the
+   verifier's embedding matrix times ``input_embedding_scale``. It attends bidirectionally within itself and to
+   every memory position (a layer of ``layer_types`` "sliding_attention" is causal and windowed instead).
+   Unshifted: the slot at ``a + i`` gives the distribution of the token at ``a + i``.
+4. A final RMSNorm and the verifier's LM head give the logits (times ``output_multiplier``, then
+   ``final_logit_softcapping``).
+
+This is the DFlash draft architecture; ``diffuspec.models.dflash`` reads and writes its checkpoint format.
+Drafters saved before per-head q/k norms existed load with ``qk_norm=False`` and compute what they did.
 
 At inference the memory covers ``ids[:-1]`` (the verifier's features of every committed token but the pending
 one) and the block starts with ``ids[-1]``, so ``a = n - 1``. Memory keys/values depend only on the committed
@@ -35,6 +40,7 @@ import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
@@ -52,7 +58,9 @@ __all__ = [
     "verifier_features",
 ]
 
-MAX_DRAFT_LAYERS = 5  # DFlash/DSpark train 1-5 draft layers; more layers cost draft time every round (dflash #19)
+MAX_DRAFT_LAYERS = 8  # a handful: every draft layer costs draft time in every round
+LAYER_TYPES = ("full_attention", "sliding_attention")
+LEGACY_KEYS = {r"^fusion_norm\.": "hidden_norm."}  # the fusion norm's name in drafters saved before the DFlash names
 
 
 def spread_feature_layers(num_verifier_layers: int, count: int = 3) -> list[int]:
@@ -87,9 +95,20 @@ class ConditionedDrafterConfig(PreTrainedConfig):
     # 1-5 layers (MAX_DRAFT_LAYERS): the drafter must stay a small fraction of a verifier step.
     num_hidden_layers: int = 1
     num_attention_heads: int = 8
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads (Qwen3 verifiers set it explicitly)
     # Grouped-query attention: the context-memory cache holds kv heads only, so fewer heads mean a smaller cache.
     num_key_value_heads: int = 2
     intermediate_size: int = 768  # SwiGLU width; the verifier's ratio (3x for the tiny shape) is a sane start
+    hidden_act: str = "silu"  # the gated MLP's activation (a transformers ACT2FN name)
+    # Per-head RMSNorm of queries and keys (memory keys too) before RoPE, as DFlash / Qwen3. Configs saved before
+    # the field existed read as False (see from_dict), so old drafters compute what they did.
+    qk_norm: bool = True
+    attention_bias: bool = False  # biases on q/k/v/o projections
+    # Per-layer attention kind (None: all "full_attention"): "sliding_attention" layers are causal and see keys
+    # less than sliding_window positions back; attention_causal, when set, overrides causality for every layer.
+    layer_types: list[str] | None = None
+    sliding_window: int | None = None
+    attention_causal: bool | None = None
     rms_norm_eps: float = 1e-6  # the verifier's, since the memory is built from its (RMS-normalised) states
     # The verifier's theta: memory keys sit at the same absolute positions as the verifier's own keys.
     rope_theta: float = 10000.0
@@ -104,6 +123,9 @@ class ConditionedDrafterConfig(PreTrainedConfig):
     # Draft slots per block. Bidirectional attention makes a slot depend on the block length, so the model always
     # runs block_size slots (training and inference alike) and a round may use any k <= block_size of them.
     block_size: int = 8
+    input_embedding_scale: float = 1.0  # block embeddings = verifier embedding rows times this
+    output_multiplier: float = 1.0  # logits = LM head(states) times this ...
+    final_logit_softcapping: float | None = None  # ... then tanh(logits / c) * c when set
 
     # -- verifier record --
     # Hub id or folder name of the verifier the drafter was trained against (None: unknown, not checked).
@@ -120,8 +142,15 @@ class ConditionedDrafterConfig(PreTrainedConfig):
         if self.feature_layers is None:
             self.feature_layers = spread_feature_layers(self.verifier_num_hidden_layers or 4)
         self.feature_layers = [int(i) for i in self.feature_layers]
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // max(self.num_attention_heads, 1)
         super().__post_init__(**kwargs)
         self._check()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As transformers', except that a saved config without ``qk_norm`` predates it (no q/k norms)."""
+        return super().from_dict({"qk_norm": False, **config_dict}, **kwargs)
 
     def _check(self) -> None:
         def require(ok: bool, message: str) -> None:
@@ -132,14 +161,10 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             1 <= self.num_hidden_layers <= MAX_DRAFT_LAYERS,
             f"num_hidden_layers must be in 1..{MAX_DRAFT_LAYERS}, got {self.num_hidden_layers}",
         )
+        require(self.num_attention_heads >= 1, f"num_attention_heads must be >= 1, got {self.num_attention_heads}")
         require(
-            self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads == 0,
-            f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads ({self.num_attention_heads})",
-        )
-        require(
-            (self.hidden_size // self.num_attention_heads) % 2 == 0,
-            f"head dim hidden_size / num_attention_heads must be even for RoPE, got {self.hidden_size} / "
-            f"{self.num_attention_heads}",
+            self.head_dim >= 2 and self.head_dim % 2 == 0,
+            f"head_dim must be even for RoPE, got {self.head_dim}",
         )
         require(
             self.num_key_value_heads >= 1 and self.num_attention_heads % self.num_key_value_heads == 0,
@@ -162,6 +187,25 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             f"mask_token_id must be in [0, {self.vocab_size}), got {self.mask_token_id}",
         )
         require(self.rope_theta > 0 and self.rms_norm_eps > 0, "rope_theta and rms_norm_eps must be > 0")
+        if self.layer_types is not None:
+            require(
+                len(self.layer_types) == self.num_hidden_layers and set(self.layer_types) <= set(LAYER_TYPES),
+                f"layer_types must name one of {LAYER_TYPES} per layer ({self.num_hidden_layers}), got "
+                f"{self.layer_types}",
+            )
+            require(
+                "sliding_attention" not in self.layer_types or (self.sliding_window or 0) >= 1,
+                f"sliding_window must be >= 1 when a layer is sliding_attention, got {self.sliding_window}",
+            )
+        require(
+            self.input_embedding_scale > 0 and self.output_multiplier > 0,
+            f"input_embedding_scale and output_multiplier must be > 0, got {self.input_embedding_scale} and "
+            f"{self.output_multiplier}",
+        )
+        require(
+            self.final_logit_softcapping is None or self.final_logit_softcapping > 0,
+            f"final_logit_softcapping must be > 0 or None, got {self.final_logit_softcapping}",
+        )
         layers = self.feature_layers
         require(len(layers) >= 1, "feature_layers must name at least one verifier layer")
         require(len(set(layers)) == len(layers), f"feature_layers must not repeat a layer, got {layers}")
@@ -171,9 +215,13 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             f"feature_layers must lie in 0..{top if top is not None else 'L'} (0 = embedding output), got {layers}",
         )
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def layer_attention(self, layer_idx: int) -> tuple[bool, int | None]:
+        """(causal, window) of draft layer ``layer_idx``: full layers are bidirectional and unbounded, sliding
+        layers causal with ``sliding_window``; ``attention_causal`` overrides causality when set."""
+        kind = self.layer_types[layer_idx] if self.layer_types else "full_attention"
+        sliding = kind == "sliding_attention"
+        causal = sliding if self.attention_causal is None else bool(self.attention_causal)
+        return causal, self.sliding_window if sliding else None
 
     @property
     def feature_size(self) -> int:
@@ -202,6 +250,7 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             "hidden_size": text.hidden_size,
             "num_attention_heads": text.num_attention_heads,
             "num_key_value_heads": getattr(text, "num_key_value_heads", None) or text.num_attention_heads,
+            "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
             "intermediate_size": text.intermediate_size,
             "rms_norm_eps": getattr(text, "rms_norm_eps", 1e-6),
             "rope_theta": float(rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))),
@@ -323,6 +372,30 @@ class ConditionedRMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
+def position_mask(
+    query_positions: torch.Tensor, key_positions: torch.Tensor, causal: bool, window: int | None
+) -> torch.Tensor | None:
+    """Boolean ``[B, 1, Q, K]`` of the keys a causal and/or windowed layer sees, by absolute position (None: all).
+
+    Causal: key position <= query position. Window w: the key is less than w positions before the query, and,
+    for a bidirectional layer, less than w after it."""
+    if not causal and window is None:
+        return None
+    distance = query_positions[:, :, None] - key_positions[:, None, :]  # [B, Q, K]
+    visible = distance >= 0 if causal else torch.ones_like(distance, dtype=torch.bool)
+    if window is not None:
+        visible &= distance < window
+        if not causal:
+            visible &= -distance < window
+    return visible[:, None]
+
+
+def _and_masks(first: torch.Tensor | None, second: torch.Tensor | None) -> torch.Tensor | None:
+    if first is None or second is None:
+        return second if first is None else first
+    return first & second
+
+
 def rope_cos_sin(
     positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,11 +466,17 @@ class ConditionedAttention(nn.Module):
         self.head_dim = config.head_dim
         self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
         self.scaling = self.head_dim**-0.5
-        self.is_causal = False  # the block is bidirectional; the mask (or its absence) says what is visible
-        self.q_proj = nn.Linear(config.hidden_size, config.num_attention_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, config.num_key_value_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=False)
+        self.is_causal = False  # the mask (or its absence) says what is visible, never the kernel
+        heads, kv_heads, bias = config.num_attention_heads, config.num_key_value_heads, config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(heads * self.head_dim, config.hidden_size, bias=bias)
+        if config.qk_norm:
+            self.q_norm = ConditionedRMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = ConditionedRMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, S, heads * D]`` -> ``[B, heads, S, D]``."""
@@ -406,8 +485,9 @@ class ConditionedAttention(nn.Module):
     def key_values(
         self, states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotated keys and values ``[B, kv_heads, S, D]`` of ``states`` ``[B, S, H]`` (memory or block)."""
-        return apply_rope(self._heads(self.k_proj(states)), cos, sin), self._heads(self.v_proj(states))
+        """Normed, rotated keys and values ``[B, kv_heads, S, D]`` of ``states`` ``[B, S, H]`` (memory or block)."""
+        keys = apply_rope(self.k_norm(self._heads(self.k_proj(states))), cos, sin)
+        return keys, self._heads(self.v_proj(states))
 
     def forward(
         self,
@@ -419,7 +499,7 @@ class ConditionedAttention(nn.Module):
     ) -> torch.Tensor:
         """``hidden_states`` ``[B, Q, H]`` (the blocks) and mask ``[B, 1, Q, M + Q]`` (None: all visible)
         -> ``[B, Q, H]``."""
-        query = apply_rope(self._heads(self.q_proj(hidden_states)), cos, sin)
+        query = apply_rope(self.q_norm(self._heads(self.q_proj(hidden_states))), cos, sin)
         block_keys, block_values = self.key_values(hidden_states, cos, sin)
         keys, values = memory.with_block(self.layer_idx, block_keys, block_values)  # [B, kv_heads, M + Q, D]
         attention: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -432,16 +512,17 @@ class ConditionedAttention(nn.Module):
 
 
 class ConditionedMLP(nn.Module):
-    """SwiGLU feed-forward."""
+    """Gated feed-forward (SwiGLU with the default activation)."""
 
     def __init__(self, config: ConditionedDrafterConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
 class ConditionedDecoderLayer(GradientCheckpointingLayer):
@@ -593,7 +674,7 @@ class ConditionedDrafterModel(PreTrainedModel):
         if config.mask_token_id is None:
             raise ValueError("ConditionedDrafterConfig.mask_token_id must be set to build a model")
         self.fc = nn.Linear(config.feature_size, config.hidden_size, bias=False)
-        self.fusion_norm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.hidden_norm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.layers = nn.ModuleList([ConditionedDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
@@ -601,6 +682,12 @@ class ConditionedDrafterModel(PreTrainedModel):
         self.post_init()
         if verifier is not None:
             self.attach_verifier(verifier)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> ConditionedDrafterModel:
+        """As transformers', reading drafters saved under the old fusion-norm name too."""
+        kwargs.setdefault("key_mapping", LEGACY_KEYS)
+        return super().from_pretrained(*args, **kwargs)
 
     # -- the borrowed verifier parts ------------------------------------------------------------------------------
 
@@ -628,17 +715,25 @@ class ConditionedDrafterModel(PreTrainedModel):
         return None  # the head is the verifier's; nothing here to tie or resize
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Verifier embedding of ``input_ids``, without gradient and in the drafter's dtype."""
-        embed = self._parts().embed
+        """Rows of the verifier's embedding matrix for ``input_ids`` times ``input_embedding_scale``, without
+        gradient and in the drafter's dtype (the matrix, not the module: a module's own scaling is not applied)."""
+        weight = self._parts().embed.weight
         with torch.no_grad():
-            return embed(input_ids.to(embed.weight.device)).to(device=self.device, dtype=self.dtype)
+            rows = F.embedding(input_ids.to(weight.device), weight).to(device=self.device, dtype=self.dtype)
+        scale = self.config.input_embedding_scale
+        return rows if scale == 1.0 else rows * scale
 
     def lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The verifier's LM head on final-normed states; its weights are detached (frozen, not trained)."""
+        """The verifier's LM head on final-normed states (its weights detached: frozen, not trained), times
+        ``output_multiplier``, then soft-capped when ``final_logit_softcapping`` is set."""
         head = self._parts().head
         bias = head.bias.detach() if head.bias is not None else None
         hidden_states = hidden_states.to(device=head.weight.device, dtype=head.weight.dtype)
-        return F.linear(hidden_states, head.weight.detach(), bias)
+        logits = F.linear(hidden_states, head.weight.detach(), bias)
+        if self.config.output_multiplier != 1.0:
+            logits = logits * self.config.output_multiplier
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     # -- shared steps ---------------------------------------------------------------------------------------------
 
@@ -652,7 +747,7 @@ class ConditionedDrafterModel(PreTrainedModel):
                 f"features have {features.shape[-1]} columns, expected {self.config.feature_size} = "
                 f"{len(self.config.feature_layers)} layers x {self.config.verifier_hidden_size}"
             )
-        return self.fusion_norm(self.fc(features.to(device=self.device, dtype=self.dtype)))
+        return self.hidden_norm(self.fc(features.to(device=self.device, dtype=self.dtype)))
 
     def memory_key_values(
         self, features: torch.Tensor, start: int = 0
@@ -671,12 +766,20 @@ class ConditionedDrafterModel(PreTrainedModel):
         positions: torch.Tensor,
         memory: ContextMemory | SequenceMemory,
         attention_mask: torch.Tensor | None,
+        key_positions: torch.Tensor,
     ) -> torch.Tensor:
-        """Steps 3-4 up to the final norm: block ids/positions ``[B, Q]`` -> states ``[B, Q, H]``."""
+        """Steps 3-4 up to the final norm: block ids/positions ``[B, Q]`` -> states ``[B, Q, H]``.
+
+        ``attention_mask`` ``[B, 1, Q, K]`` (None: all visible) is what every layer may see; causal or sliding
+        layers narrow it by the absolute positions of queries and keys (``key_positions`` ``[B or 1, K]``)."""
         hidden = self.embed(block_ids)
         cos, sin = self._rope(positions)
-        for layer in self.layers:
-            hidden = layer(hidden, cos, sin, memory, attention_mask)
+        masks: dict[tuple[bool, int | None], torch.Tensor | None] = {}
+        for i, layer in enumerate(self.layers):
+            rule = self.config.layer_attention(i)
+            if rule not in masks:
+                masks[rule] = _and_masks(attention_mask, position_mask(positions, key_positions, *rule))
+            hidden = layer(hidden, cos, sin, memory, masks[rule])
         return self.norm(hidden)
 
     def block_ids(self, first_tokens: torch.Tensor) -> torch.Tensor:
@@ -709,7 +812,8 @@ class ConditionedDrafterModel(PreTrainedModel):
             )
         blocks = self.block_ids(first_tokens.to(self.device))
         positions = torch.arange(start, start + blocks.shape[1], device=self.device)[None]
-        hidden = self._run_blocks(blocks, positions, memory, attention_mask=None)
+        key_positions = torch.arange(start + blocks.shape[1], device=self.device)[None]  # memory rows, then the block
+        hidden = self._run_blocks(blocks, positions, memory, None, key_positions)
         return self.lm_logits(hidden[:, 1:])
 
     # -- training -------------------------------------------------------------------------------------------------
@@ -761,7 +865,8 @@ class ConditionedDrafterModel(PreTrainedModel):
         blocks = self.block_ids(first.flatten()).view(batch, -1)  # [B, A * width]
         positions = (anchors[..., None] + torch.arange(width, device=self.device)).view(batch, -1)
         mask = self.training_mask(anchors, length, width)
-        hidden = self._run_blocks(blocks, positions, memory, mask)
+        key_positions = torch.cat([torch.arange(length, device=self.device).expand(batch, -1), positions], dim=1)
+        hidden = self._run_blocks(blocks, positions, memory, mask, key_positions)
         hidden = hidden.view(batch, anchors.shape[1], width, -1)[:, :, 1:]
         logits = self.lm_logits(hidden) if compute_logits else None
         return ConditionedDrafterOutput(logits=logits, hidden_states=hidden)

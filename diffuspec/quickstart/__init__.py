@@ -135,5 +135,6 @@ def run_quickstart(
         "run_dir": str(run_dir),
     }
     print(json.dumps(summary))
-    print(f"Results in {folders['eval']} (results.json, results.md, plots)")
+    if only in (None, "eval"):
+        print(f"Results in {folders['eval']} (results.json, results.md, plots)")
     return run_dir

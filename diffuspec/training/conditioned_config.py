@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..models.conditioned import MAX_DRAFT_LAYERS
 from .config import DataArguments, parse_config
 from .losses import position_decay_weights
 
@@ -19,9 +20,13 @@ class ConditionedModelArguments:
 
     verifier_name_or_path: str = field(metadata={"help": "Verifier folder or Hub id (also gives the tokenizer)."})
     drafter_name_or_path: str | None = field(
-        default=None, metadata={"help": "A saved conditioned drafter to continue from (null: a new one)."}
+        default=None,
+        metadata={
+            "help": "A conditioned drafter to continue from or adapt to this verifier: a diffuspec drafter or a DFlash "
+            "checkpoint (null: a new one)."
+        },
     )
-    num_hidden_layers: int = field(default=1, metadata={"help": "Drafter layers (1-5)."})
+    num_hidden_layers: int = field(default=1, metadata={"help": f"Drafter layers (1-{MAX_DRAFT_LAYERS})."})
     block_size: int = field(default=8, metadata={"help": "Mask slots per block: the largest draft length k."})
     feature_layers: list[int] | None = field(
         default=None, metadata={"help": "Verifier hidden-state indices to fuse (null: three spread low/mid/high)."}
@@ -35,8 +40,8 @@ class ConditionedModelArguments:
     )
 
     def __post_init__(self) -> None:
-        if not 1 <= self.num_hidden_layers <= 5:
-            raise ValueError(f"num_hidden_layers must be in 1..5, got {self.num_hidden_layers}")
+        if not 1 <= self.num_hidden_layers <= MAX_DRAFT_LAYERS:
+            raise ValueError(f"num_hidden_layers must be in 1..{MAX_DRAFT_LAYERS}, got {self.num_hidden_layers}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
 

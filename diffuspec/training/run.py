@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..drafter_config import write_diffuspec_config
 from ..files import write_json
-from ..loading import load_causal_lm, resolve_local
+from ..loading import load_causal_lm, load_conditioned_model, resolve_local
 from ..models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from .callbacks import AcceptanceCallback
 from .conditioned_collator import ConditionedCollator
@@ -172,8 +172,10 @@ def run_conditioned_training(
     mask_token_id = slot_mask_id(tokenizer, model_args.mask_token, model_args.verifier_name_or_path)
     verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
     if model_args.drafter_name_or_path is not None:
-        model = ConditionedDrafterModel.from_pretrained(resolve_local(model_args.drafter_name_or_path))
-        model.attach_verifier(verifier)
+        # a diffuspec drafter or a DFlash checkpoint, adapted to this verifier: shapes must fit, the name may differ
+        model = load_conditioned_model(model_args.drafter_name_or_path)
+        model.attach_verifier(verifier, check_name=False)
+        model.config.verifier_name = model_args.verifier_name_or_path
     else:
         config = ConditionedDrafterConfig.for_verifier(
             verifier.config,
@@ -247,9 +249,11 @@ def train_conditioned_drafter(
     feature_layers: list[int] | None = None,
     mask_token: str | None = None,
     features_path: str | Path | None = None,
+    drafter: str | Path | None = None,
 ) -> Path:
     """:func:`run_conditioned_training` with a fixed small recipe (cosine schedule with 5% warmup, a log every ~10%
-    of the steps, no checkpoints): the quickstart's and the tests' entry point."""
+    of the steps, no checkpoints): the quickstart's and the tests' entry point. ``drafter`` (a diffuspec drafter
+    or a DFlash checkpoint) is adapted instead of a new one trained; its shape wins over the shape arguments."""
     output_dir = Path(output_dir)
     training_args = ConditionedTrainingConfig(
         output_dir=str(output_dir),
@@ -273,6 +277,7 @@ def train_conditioned_drafter(
     )
     model_args = ConditionedModelArguments(
         verifier_name_or_path=str(verifier_path),
+        drafter_name_or_path=None if drafter is None else str(drafter),
         num_hidden_layers=num_layers,
         block_size=block_size,
         feature_layers=feature_layers,
