@@ -315,18 +315,17 @@ def eval_methods(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
 
 def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
     """Spec-Bench's six groups, first turn, chat template: every method in one interleaved run."""
-    from ..evaluation import EvalConfig, evaluate
+    from .stages import run_evaluation
 
     if config.spec_bench is None:
         raise ValueError(
             "the eval stage needs Spec-Bench's questions: --set spec_bench=PATH/question.jsonl (the file "
             "data/spec_bench/question.jsonl of the Spec-Bench repository)"
         )
-    eval_config = EvalConfig(
+    run_evaluation(
+        out,
         verifier=str(verifier_folder(inputs)),
         ar_drafter=str(inputs["ar_drafter"] / "model"),
-        dtype="float32",
-        device="cpu",
         benchmark="spec_bench",
         benchmark_path=config.spec_bench,
         prompts_per_task=config.questions_per_task,
@@ -336,12 +335,8 @@ def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> Non
         max_new_tokens=config.max_new_tokens,
         methods=eval_methods(config, inputs),
         repeats=config.repeats,
-        warmup=1,
-        output_dir=str(out),
         threads=config.eval_threads,
     )
-    if evaluate(eval_config) != 0:
-        raise RuntimeError(f"the evaluation failed (a lossless mismatch or a failed call); see {out / 'results.md'}")
 
 
 SHAPE = ("block_size", "batch_size", "seed")

@@ -273,16 +273,13 @@ def quickstart_methods(inputs: dict[str, Path], window: int | None, adl: dict[st
 
 def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
     """All methods in one interleaved run on held-out prompts: results.json, results.md and plots."""
-    from ..evaluation import EvalConfig, evaluate
-
     tokenizer = load_tokenizer(inputs["corpus"])
     prompts = [r["prompt_ids"] for _, r in read_jsonl(inputs["data"] / "heldout_prompts.jsonl", "held-out prompts")]
     write_jsonl(out / "prompts.jsonl", [{"prompt": tokenizer.decode(p), "task": "stdlib"} for p in prompts])
-    eval_config = EvalConfig(
+    run_evaluation(
+        out,
         verifier=str(inputs["verifier"]),
         ar_drafter=str(inputs["ar_drafter"]),
-        dtype="float32",
-        device="cpu",
         benchmark="jsonl",
         benchmark_path=str(out / "prompts.jsonl"),
         chat_template=False,
@@ -290,9 +287,15 @@ def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> 
         max_new_tokens=config.max_new_tokens,
         methods=eval_methods(config, inputs),
         repeats=config.repeats,
-        warmup=1,
-        output_dir=str(out),
         threads=config.eval_threads,
     )
-    if evaluate(eval_config) != 0:
+
+
+def run_evaluation(out: Path, **settings) -> None:
+    """A quickstart's evaluation stage: ``EvalConfig(**settings)`` in float32 on the CPU after one warm-up call,
+    written to ``out``; a lossless mismatch or a failed call fails the stage."""
+    from ..evaluation import EvalConfig, evaluate
+
+    config = EvalConfig(dtype="float32", device="cpu", warmup=1, output_dir=str(out), **settings)
+    if evaluate(config) != 0:
         raise RuntimeError(f"the evaluation failed (a lossless mismatch or a failed call); see {out / 'results.md'}")
