@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import reference_greedy
-from test_sampling import PROMPT, N, exact_distribution, sampled_tv, tv_bound
+from test_sampling import N, exact_distribution, sampled_tv, tv_bound
 
 from diffuspec import DecodeConfig, SpeculativeDecoder
 from diffuspec.cli import main as cli_main
@@ -219,7 +219,6 @@ def test_sampling_with_an_imported_drafter_is_exact(tmp_path):
     exact = exact_distribution(small, 1.0, None, None)
     tv = sampled_tv(decoder, exact, 1.0, None, None, seed=2)
     assert tv < tv_bound(len(exact), N), tv
-    assert PROMPT.numel() == 3
 
 
 def acceptance_diffuspec(target, drafter_folder, prompts, max_new):
@@ -262,7 +261,7 @@ def overfit_drafter(target, sequence, steps=300):
     return model.eval()
 
 
-def test_train_serve_parity_gate(target, tmp_path):
+def test_train_serve_parity_gate(target, tmp_path, monkeypatch):
     """Overfit one verifier continuation, export, decode it through the reference: every block is accepted whole."""
     prompt = torch.tensor([5, 17, 3, 44])
     sequence = reference_greedy(target, prompt, 30)
@@ -272,10 +271,8 @@ def test_train_serve_parity_gate(target, tmp_path):
     result = dflash.dflash_generate(reference, target, prompt[None], 30, None)
     assert result[0, : sequence.numel()].tolist() == sequence.tolist()
     # every round but the last accepts the whole block: block_size drafts + the bonus token
-    monkey = pytest.MonkeyPatch()
-    monkey.setattr(dflash, "_cuda_time", time.perf_counter)
+    monkeypatch.setattr(dflash, "_cuda_time", time.perf_counter)  # its timer synchronises CUDA; this is a CPU
     stats = dflash.dflash_generate(reference, target, prompt[None], 30, None, return_stats=True)
-    monkey.undo()
     assert stats.acceptance_lengths[:-1] == [reference.block_size] * (len(stats.acceptance_lengths) - 1)
 
 
