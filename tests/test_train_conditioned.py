@@ -1,8 +1,10 @@
 """Training the conditioned drafter: loss falls, the saved folder loads, decoding stays lossless, and the trained
-drafter gets more tokens accepted than an untrained one on the prompts it was trained on."""
+drafter gets more tokens accepted than an untrained one on the prompts it was trained on. LoRA adaptation trains
+only the adapters, resumes from adapter checkpoints and saves a merged drafter that loads and exports as usual."""
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -133,7 +135,7 @@ def script_args(root, out, **overrides):
         "dataset_path": root / "dataset",
         "output_dir": out,
         "block_size": BLOCK,
-        "feature_layers": None,
+        "feature_layers": [1, 2],
         "max_steps": 6,
         "save_steps": 3,
         "logging_steps": 1,
@@ -148,10 +150,7 @@ def script_args(root, out, **overrides):
     }
     argv = []
     for key, value in values.items():
-        if key == "feature_layers":
-            argv += ["--feature_layers", "1", "2"]
-        else:
-            argv += [f"--{key}", str(value)]
+        argv += [f"--{key}", *map(str, value if isinstance(value, list) else [value])]
     return parse_conditioned_config(argv)
 
 
@@ -160,12 +159,11 @@ def step_losses(out) -> dict[int, dict]:
     return {row["step"]: row for row in rows if "loss" in row}
 
 
-def test_killed_run_resumes_to_the_uninterrupted_losses(setup, tmp_path, monkeypatch):
+def kill_in_step_5(args, monkeypatch) -> list[str]:
+    """Run the parsed script ``args`` and kill it during step 5, after checkpoint-3 was saved; the names then in
+    its output_dir."""
     from diffuspec.training.conditioned_trainer import ConditionedDrafterTrainer
     from diffuspec.training.run import run_conditioned_training
-
-    root = setup[0]
-    run_conditioned_training(*script_args(root, tmp_path / "full"))
 
     original = ConditionedDrafterTrainer.compute_loss
 
@@ -174,22 +172,34 @@ def test_killed_run_resumes_to_the_uninterrupted_losses(setup, tmp_path, monkeyp
             raise KeyboardInterrupt("killed")
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ConditionedDrafterTrainer, "compute_loss", killed_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        run_conditioned_training(*script_args(root, tmp_path / "killed"))
-    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["checkpoint-3"]
-    monkeypatch.setattr(ConditionedDrafterTrainer, "compute_loss", original)
-    run_conditioned_training(*script_args(root, tmp_path / "killed"))  # the same command again: resumes
+    with monkeypatch.context() as patch:
+        patch.setattr(ConditionedDrafterTrainer, "compute_loss", killed_in_step_5)
+        with pytest.raises(KeyboardInterrupt):
+            run_conditioned_training(*args)
+    return sorted(p.name for p in Path(args[2].output_dir).iterdir())
 
-    expected, got = step_losses(tmp_path / "full"), step_losses(tmp_path / "killed")
+
+def assert_resumed_like_uninterrupted(full: Path, resumed: Path) -> None:
+    """Steps 4-6 of the resumed run log the uninterrupted run's losses, and it ends with the same weights."""
+    expected, got = step_losses(full), step_losses(resumed)
     assert sorted(got) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
         for key in ("loss", "loss/block_ce", "loss/kl", "loss/streak"):
             assert got[step][key] == pytest.approx(expected[step][key], rel=1e-5, abs=1e-6), (step, key)
-    full = ConditionedDrafterModel.from_pretrained(tmp_path / "full").state_dict()
-    resumed = ConditionedDrafterModel.from_pretrained(tmp_path / "killed").state_dict()
-    for name, value in full.items():
-        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6)
+    full_state = ConditionedDrafterModel.from_pretrained(full).state_dict()
+    resumed_state = ConditionedDrafterModel.from_pretrained(resumed).state_dict()
+    for name, value in full_state.items():
+        torch.testing.assert_close(resumed_state[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_losses(setup, tmp_path, monkeypatch):
+    from diffuspec.training.run import run_conditioned_training
+
+    root = setup[0]
+    run_conditioned_training(*script_args(root, tmp_path / "full"))
+    assert kill_in_step_5(script_args(root, tmp_path / "killed"), monkeypatch) == ["checkpoint-3"]
+    run_conditioned_training(*script_args(root, tmp_path / "killed"))  # the same command again: resumes
+    assert_resumed_like_uninterrupted(tmp_path / "full", tmp_path / "killed")
 
 
 def test_script_output_loads_and_pushes(setup, tmp_path):
@@ -352,3 +362,122 @@ def test_the_slot_mask_comes_from_the_tokenizer_or_a_named_token(setup):
     tokenizer.mask_token = None
     with pytest.raises(ValueError, match="has no mask token; the drafter's slots need one: set mask_token"):
         slot_mask_id(tokenizer, None, "v")
+
+
+# ---------------------------------------------------------------- LoRA: adapters train, a merged drafter is saved
+
+LORA_R = 4
+
+
+@pytest.fixture(scope="module")
+def lora_run(setup, tmp_path_factory):
+    """A LoRA run (rank 4, every linear layer) from the setup's trained drafter: 6 steps, a checkpoint at 3. Records
+    the parameters that were trainable once the adapters were applied."""
+    from diffuspec.training import run
+    from diffuspec.training.modeling import apply_lora
+
+    root, base = setup[0], setup[1]
+    out = tmp_path_factory.mktemp("lora") / "drafter"
+    wrapped = {}
+
+    def recording_apply_lora(*args, **kwargs):
+        model = apply_lora(*args, **kwargs)
+        wrapped["trainable"] = [name for name, p in model.named_parameters() if p.requires_grad]
+        wrapped["counts"] = model.get_nb_trainable_parameters()
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run, "apply_lora", recording_apply_lora)
+        run.run_conditioned_training(*lora_args(root, out, base))
+    return out, wrapped
+
+
+def lora_args(root, out, drafter, **overrides):
+    return script_args(root, out, **{"drafter_name_or_path": drafter, "use_lora": True, "lora_r": LORA_R, **overrides})
+
+
+def test_lora_trains_only_the_adapters_and_saves_the_merged_drafter(setup, lora_run):
+    from diffuspec.loading import load_conditioned_model
+
+    _, base_folder, verifier, prompts, completions = setup
+    out, wrapped = lora_run
+    trainable, total = wrapped["counts"]
+    assert wrapped["trainable"] and all(".lora_" in name for name in wrapped["trainable"])
+    assert 0 < 10 * trainable < total
+    assert not (out / "adapter_config.json").exists()  # the folder full training writes, nothing else
+    base = ConditionedDrafterModel.from_pretrained(base_folder).state_dict()
+    merged = load_conditioned_model(out).state_dict()
+    assert merged.keys() == base.keys()
+    for name, value in base.items():
+        if value.ndim == 2:  # a linear layer: moved by a rank-r update, the merged adapters
+            singular = torch.linalg.svdvals(merged[name] - value)
+            assert singular[0] > 0 and singular[LORA_R] <= 1e-4 * singular[0], (name, singular[: LORA_R + 1])
+        else:  # norms: frozen
+            assert torch.equal(merged[name], value), name
+    drafter = ConditionedDrafter.from_pretrained(out, verifier)
+    _, outputs = mean_accepted(verifier, drafter, prompts[:3])
+    assert outputs == [p + c for p, c in zip(prompts[:3], completions[:3], strict=True)]
+
+
+def test_a_killed_lora_run_resumes_from_its_adapter_checkpoint(setup, lora_run, tmp_path, monkeypatch):
+    from diffuspec.training.run import run_conditioned_training
+
+    root, base = setup[0], setup[1]
+    assert kill_in_step_5(lora_args(root, tmp_path, base), monkeypatch) == ["checkpoint-3"]
+    saved = {p.name for p in (tmp_path / "checkpoint-3").iterdir()}
+    assert "adapter_model.safetensors" in saved and "model.safetensors" not in saved
+    run_conditioned_training(*lora_args(root, tmp_path, base))  # the same command again: resumes the adapters
+    assert_resumed_like_uninterrupted(lora_run[0], tmp_path)
+
+
+def test_lora_adapts_a_dflash_checkpoint_and_exports_it_again(setup, tmp_path):
+    from diffuspec.cli import main as cli_main
+    from diffuspec.loading import load_conditioned_model
+    from diffuspec.models.dflash import export_dflash
+    from diffuspec.training.run import run_conditioned_training
+
+    root, base_folder, verifier, prompts, completions = setup
+    public = export_dflash(ConditionedDrafterModel.from_pretrained(base_folder), tmp_path / "public")
+    targets = ["fc", "q_proj", "v_proj"]
+    args = lora_args(root, tmp_path / "adapted", public, lora_target_modules=targets, max_steps=3, save_steps=100)
+    run_conditioned_training(*args)
+    base = load_conditioned_model(public).state_dict()
+    adapted = load_conditioned_model(tmp_path / "adapted").state_dict()
+    changed = {name for name, value in base.items() if not torch.equal(adapted[name], value)}
+    assert changed == {"fc.weight", "layers.0.self_attn.q_proj.weight", "layers.0.self_attn.v_proj.weight"}
+
+    served = tmp_path / "served"
+    assert cli_main(["export", str(tmp_path / "adapted"), "--format", "dflash", "--output-dir", str(served)]) == 0
+    for name, value in load_conditioned_model(served).state_dict().items():
+        assert torch.equal(value, adapted[name]), name
+    _, outputs = mean_accepted(verifier, ConditionedDrafter.from_pretrained(served, verifier), prompts[:2])
+    assert outputs == [p + c for p, c in zip(prompts[:2], completions[:2], strict=True)]
+
+
+def test_bad_lora_settings_are_refused_before_training(setup, tmp_path, monkeypatch):
+    from diffuspec.training.conditioned_trainer import ConditionedDrafterTrainer
+    from diffuspec.training.run import run_conditioned_training
+
+    root, base = setup[0], setup[1]
+    with pytest.raises(ValueError, match="lora_r must be >= 1, got 0"):
+        lora_args(root, tmp_path / "x", base, lora_r=0)
+    with pytest.raises(ValueError, match="use_lora needs drafter_name_or_path"):
+        script_args(root, tmp_path / "x", use_lora=True)
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("the trainer was built")
+
+    monkeypatch.setattr(ConditionedDrafterTrainer, "__init__", no_trainer)
+    linear = "down_proj, fc, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"
+    for overrides, message in [
+        ({"lora_target_modules": ["q_proj", "qkv_proj"]}, "lora_target_modules: qkv_proj match no module"),
+        ({"lora_target_modules": [r".*\.attn\.q_proj"]}, r"the regex .*\.attn\.q_proj matches no module"),
+        (
+            {"lora_target_modules": ["q"]},
+            f"q match no module of the ConditionedDrafterModel (its linear layers: {linear})",
+        ),
+        ({"lora_modules_to_save": ["final_norm"]}, "lora_modules_to_save: final_norm match no module"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_conditioned_training(*lora_args(root, tmp_path / "x", base, **overrides))
+    assert not (tmp_path / "x").exists()

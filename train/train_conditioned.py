@@ -6,8 +6,10 @@
 On a CPU: ``python train/train_conditioned.py --config recipes/conditioned-tiny-cpu/train/config.yaml``.
 Every recipe key can be overridden on the command line (``--max_steps 50 --output_dir runs/x``); unknown keys are
 refused. The verifier reads each batch once (online features and, with ``kl_weight``, its logits); a rerun with
-the same ``output_dir`` resumes from the last checkpoint. Data: prompt_ids / completion_ids rows, as
-``train/generate_data.py`` writes them. Logic: ``diffuspec.training.run``.
+the same ``output_dir`` resumes from the last checkpoint. ``drafter_name_or_path`` (a diffuspec drafter or a DFlash
+checkpoint) adapts an existing drafter, in full or, with ``use_lora: true``, through LoRA adapters merged into its
+weights at the end (``recipes/conditioned-tiny-cpu/train/config_lora.yaml``). Data: prompt_ids / completion_ids
+rows, as ``train/generate_data.py`` writes them. Logic: ``diffuspec.training.run``.
 """
 
 import logging

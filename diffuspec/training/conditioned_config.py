@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..models.conditioned import MAX_DRAFT_LAYERS
-from .config import DataArguments, parse_config
+from .config import DataArguments, LoraArguments, parse_config
 from .losses import position_decay_weights
 
 
 @dataclass
-class ConditionedModelArguments:
-    """The verifier to condition on and the drafter's shape (or a saved drafter to continue from)."""
+class ConditionedModelArguments(LoraArguments):
+    """The verifier to condition on and the drafter's shape (or a saved drafter to continue from), and the LoRA
+    setup (``LoraArguments``) for adapting a saved drafter with its weights frozen."""
 
     verifier_name_or_path: str = field(metadata={"help": "Verifier folder or Hub id (also gives the tokenizer)."})
     drafter_name_or_path: str | None = field(
@@ -44,6 +45,12 @@ class ConditionedModelArguments:
             raise ValueError(f"num_hidden_layers must be in 1..{MAX_DRAFT_LAYERS}, got {self.num_hidden_layers}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        super().__post_init__()
+        if self.use_lora and self.drafter_name_or_path is None:
+            raise ValueError(
+                "use_lora needs drafter_name_or_path: LoRA adapts a trained drafter (a diffuspec one or a DFlash "
+                "checkpoint) and would freeze a new drafter's random weights; train a new one in full"
+            )
 
 
 @dataclass

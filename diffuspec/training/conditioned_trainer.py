@@ -10,8 +10,12 @@ streak (``losses.streak_loss`` over ``losses.log_greedy_success``), which is wha
 
 from __future__ import annotations
 
+import os
+
 import torch
+from peft import PeftModel
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..models.conditioned import ConditionedDrafterModel, block_targets, verifier_features_and_logits
 from .checkpoints import AtomicCheckpointMixin
@@ -48,7 +52,8 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
 
     The verifier is held here, not in the model: only its embedding and LM head are lent to the drafter (frozen),
     and its features are computed without gradient on every batch. Checkpoints are atomic (a kill never leaves a
-    broken ``checkpoint-N``) and resume through the Trainer as usual."""
+    broken ``checkpoint-N``) and resume through the Trainer as usual; with a LoRA-wrapped drafter (a peft model)
+    they hold the adapters, which the Trainer loads back on resume."""
 
     def __init__(
         self,
@@ -71,6 +76,23 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
         self._anchor_calls += 1
         seed = (self.args.seed * 1_000_003 + self.state.global_step) * 101 + self._anchor_calls
         return torch.Generator().manual_seed(seed)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """As the Trainer's, except that LoRA adapters (checkpoints of a LoRA run) are saved without peft's
+        resized-embedding check: it re-reads the base folder's config through the drafter's config class, which a
+        DFlash checkpoint's Qwen3 config fails, and the drafter owns no embedding to save."""
+        model = self.accelerator.unwrap_model(self.model)
+        if not isinstance(model, PeftModel):
+            super()._save(output_dir, state_dict)
+            return
+        if not self.args.should_save:
+            return
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        model.save_pretrained(output_dir, state_dict=state_dict, save_embedding_layers=False)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]

@@ -1,9 +1,10 @@
-"""Configuration of drafter training: three dataclasses and a YAML + CLI parser.
+"""Configuration of drafter training: the argument dataclasses and a YAML + CLI parser.
 
 ``DrafterTrainingConfig`` extends ``transformers.TrainingArguments`` with the objective mix, the draft-time block
-shape and the acceptance evaluation; ``ModelArguments`` names the drafter, the verifier and the LoRA setup;
-``DataArguments`` the data. ``parse_config(argv)``: ``--config file.yaml`` sets defaults, ``--key value`` flags
-override them, and keys the dataclasses do not know are errors (``ValueError`` naming them).
+shape and the acceptance evaluation; ``ModelArguments`` names the drafter, the verifier and the LoRA setup (its
+``LoraArguments`` base, shared with the conditioned trainer); ``DataArguments`` the data. ``parse_config(argv)``:
+``--config file.yaml`` sets defaults, ``--key value`` flags override them, and keys the dataclasses do not know are
+errors (``ValueError`` naming them).
 
 Every field is checked in ``__post_init__`` so a bad value fails before any model loads, with the field and its
 legal range in the message. (No ``from __future__ import annotations`` here: HfArgumentParser reads the types.)
@@ -198,9 +199,41 @@ class DrafterTrainingConfig(TrainingArguments):
         return DecodeConfig(cps=CPSConfig() if self.eval_cps else None, adl=adl, draft_length=self.eval_k_max)
 
 
+@dataclass(kw_only=True)
+class LoraArguments:
+    """The LoRA setup, shared by both trainers' model arguments (``ModelArguments``, ``ConditionedModelArguments``)
+    so the fields, their defaults and their checks have one owner. Keyword-only: the subclasses' required fields
+    may follow these defaults."""
+
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
+    lora_target_modules: list[str] | str = field(
+        default_factory=lambda: [ALL_LINEAR],
+        metadata={
+            "help": "Module name suffixes (a list), one regex matched against full module names (a string with "
+            "regex characters), or all-linear."
+        },
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Modules trained in full next to LoRA, e.g. a diffusion drafter's embed_tokens when its mask "
+            "token is new, or a conditioned drafter's hidden_norm."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        _check(self.lora_alpha >= 1, f"lora_alpha must be >= 1, got {self.lora_alpha}")
+        _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        self.lora_target_modules = normalize_target_modules(self.lora_target_modules)
+
+
 @dataclass
-class ModelArguments:
-    """The drafter to train, the verifier it serves, and the LoRA setup."""
+class ModelArguments(LoraArguments):
+    """The drafter to train, the verifier it serves, and the LoRA setup (``LoraArguments``)."""
 
     drafter_name_or_path: str = field(
         metadata={"help": "Diffusion drafter folder (Dream, LLaDA or a diffuspec folder; see diffuspec.loading)."}
@@ -219,7 +252,6 @@ class ModelArguments:
     attn_implementation: str | None = field(
         default=None, metadata={"help": "Attention kernel, e.g. sdpa or flash_attention_2; null: transformers' choice."}
     )
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
     freeze_embeddings: bool = field(
         default=False,
         metadata={
@@ -227,34 +259,17 @@ class ModelArguments:
             "verifier's own (and the optimizer skips the largest matrices)."
         },
     )
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input, in [0, 1)."})
-    lora_target_modules: list[str] | str = field(
-        default_factory=lambda: [ALL_LINEAR],
-        metadata={
-            "help": "Module name suffixes (a list), one regex matched against full module names (a string with "
-            "regex characters), or all-linear."
-        },
-    )
-    lora_modules_to_save: list[str] | None = field(
-        default=None,
-        metadata={"help": "Modules trained in full next to LoRA, e.g. embed_tokens when the mask token is new."},
-    )
     merge_and_save: bool = field(
         default=True, metadata={"help": "With LoRA, also save merged weights (merge_and_unload) to output_dir/merged."}
     )
 
     def __post_init__(self) -> None:
         check_dtype_name(self.dtype)
-        _check(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        super().__post_init__()
         _check(
             not (self.freeze_embeddings and self.use_lora),
             "freeze_embeddings applies to full training; with use_lora only the adapters train already",
         )
-        _check(self.lora_alpha >= 1, f"lora_alpha must be >= 1, got {self.lora_alpha}")
-        _check(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        self.lora_target_modules = normalize_target_modules(self.lora_target_modules)
 
 
 def normalize_target_modules(value: list[str] | str) -> list[str] | str:

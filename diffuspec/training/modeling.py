@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from ..drafter_config import write_diffuspec_config
@@ -14,7 +16,7 @@ from ..files import replace_folder_atomically
 from ..loading import load_causal_lm, load_diffusion_model, resolve_local
 from ..loading import load_tokenizer as load_folder_tokenizer
 from ..models.tokenizers import check_tokenizers_compatible
-from .config import DrafterTrainingConfig, ModelArguments
+from .config import ALL_LINEAR, DrafterTrainingConfig, LoraArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -92,23 +94,60 @@ def freeze_embeddings(model: PreTrainedModel) -> PreTrainedModel:
         if module is not None:
             module.weight.requires_grad_(False)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("embeddings frozen: %d of %d parameters trainable", trainable, sum(p.numel() for p in model.parameters()))
+    logger.info(
+        "embeddings frozen: %d of %d parameters trainable", trainable, sum(p.numel() for p in model.parameters())
+    )
     return model
 
 
-def apply_lora(model: PreTrainedModel, model_args: ModelArguments, activation_checkpointing: bool) -> PreTrainedModel:
-    """Wrap ``model`` with peft LoRA adapters (target modules: suffix list, one regex, or all-linear)."""
+def check_lora_targets(model: nn.Module, lora_args: LoraArguments) -> None:
+    """Every module ``lora_args`` names must exist in ``model`` (ValueError naming the others). peft refuses only
+    targets that match nothing at all, so one misspelt name beside good ones would silently train fewer layers."""
+    names = [name for name, _ in model.named_modules() if name]
+
+    def absent(entries: list[str]) -> list[str]:
+        return [e for e in entries if not any(name == e or name.endswith("." + e) for name in names)]
+
+    kind = type(model).__name__
+    targets = lora_args.lora_target_modules
+    if targets == ALL_LINEAR:
+        problem = None
+    elif isinstance(targets, str):  # one regex, which peft matches against full module names
+        problem = None if any(re.fullmatch(targets, name) for name in names) else f"the regex {targets} matches"
+    else:
+        missing = absent(targets)
+        problem = f"{', '.join(missing)} match" if missing else None
+    if problem is not None:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(
+            f"lora_target_modules: {problem} no module of the {kind} (its linear layers: {', '.join(linear)})"
+        )
+    unsaved = absent(lora_args.lora_modules_to_save or [])
+    if unsaved:
+        raise ValueError(f"lora_modules_to_save: {', '.join(unsaved)} match no module of the {kind}")
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    lora_args: LoraArguments,
+    activation_checkpointing: bool,
+    task_type: str | None = "CAUSAL_LM",
+) -> PreTrainedModel:
+    """Wrap ``model`` with peft LoRA adapters (target modules: suffix list, one regex, or all-linear), every named
+    module checked to exist first. ``task_type``: peft's (a diffusion drafter is a causal-LM architecture); None
+    for a model that is no peft task, such as the conditioned drafter, which gets a plain ``PeftModel``."""
     from peft import LoraConfig, get_peft_model
 
+    check_lora_targets(model, lora_args)
     if activation_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the checkpointed graph
     config = LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules,
-        modules_to_save=model_args.lora_modules_to_save,
-        task_type="CAUSAL_LM",
+        r=lora_args.lora_r,
+        lora_alpha=lora_args.lora_alpha,
+        lora_dropout=lora_args.lora_dropout,
+        target_modules=lora_args.lora_target_modules,
+        modules_to_save=lora_args.lora_modules_to_save,
+        task_type=task_type,
     )
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()

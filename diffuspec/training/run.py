@@ -161,9 +161,10 @@ def run_conditioned_training(
     data_args: ConditionedDataArguments,
     training_args: ConditionedTrainingConfig,
 ) -> ConditionedDrafterTrainer:
-    """Check the data and tokenizer, build (or load) the drafter, train (resuming from the last checkpoint in
-    ``output_dir``), and save the drafter, the verifier's tokenizer, ``diffuspec_config.json`` and ``train_log.json``
-    in ``output_dir``; the folder loads with ``ConditionedDrafter.from_pretrained`` and pushes with ``diffuspec push``."""
+    """Check the data and tokenizer, build (or load) the drafter, wrap it in LoRA adapters if asked, train (resuming
+    from the last checkpoint in ``output_dir``), and save the drafter (with LoRA: merged into its base weights), the
+    verifier's tokenizer, ``diffuspec_config.json`` and ``train_log.json`` in ``output_dir``; the folder loads with
+    ``ConditionedDrafter.from_pretrained`` and pushes with ``diffuspec push`` either way."""
     set_seed(training_args.seed)
     dataset = load_examples(data_args.dataset_path)
     check_examples(dataset, f"dataset_path {data_args.dataset_path}")
@@ -187,6 +188,10 @@ def run_conditioned_training(
         )
         torch.manual_seed(training_args.seed)
         model = ConditionedDrafterModel(config, verifier=verifier)
+    if model_args.use_lora:
+        # No input-gradient hook: the drafter embeds through the verifier's matrix without gradient, and
+        # transformers checkpoints activations non-reentrantly, so adapters get their gradients either way.
+        model = apply_lora(model, model_args, activation_checkpointing=False, task_type=None)
     checkpoint = resume_checkpoint(training_args)
     store = None
     if data_args.features_path is not None:
@@ -213,7 +218,10 @@ def run_conditioned_training(
         ),
         processing_class=tokenizer,
     )
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)  # LoRA checkpoints hold the adapters: a rerun resumes them
+    if model_args.use_lora:
+        # Merged into the base weights, the drafter is saved as full training saves it (it loads and exports alike).
+        trainer.model = model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
     trainer.save_model(training_args.output_dir)  # weights, config and the tokenizer (processing_class)
     if trainer.args.should_save:
         out = Path(training_args.output_dir)
