@@ -69,6 +69,10 @@ def full_logprobs(lattice) -> torch.Tensor:
         ("mask_token_id", 4096, "mask_token_id must be in"),
         ("block_size", 0, "block_size must be >= 1"),
         ("num_key_value_heads", 3, "must divide num_attention_heads"),
+        ("rope_parameters", {"rope_type": "dynamic", "factor": 2.0}, "rope_type 'dynamic' is not supported"),
+        ("rope_parameters", {"rope_type": "proportional"}, r"supported: default, linear, llama3, yarn"),
+        ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "partial_rotary_factor": 0.5}, "whole heads"),
+        ("rope_parameters", {"rope_type": "default", "rope_theta": -1.0}, "rope_theta must be > 0"),
     ],
 )
 def test_config_rejects_bad_values(field, value, message):
@@ -81,6 +85,38 @@ def test_config_for_verifier_copies_the_shape(verifier):
     assert (config.hidden_size, config.verifier_hidden_size, config.num_attention_heads) == (32, 32, 4)
     assert (config.verifier_num_hidden_layers, config.vocab_size, config.feature_size) == (2, VOCAB, 64)
     assert spread_feature_layers(36) == [1, 19, 36] and spread_feature_layers(28, 4) == [1, 10, 19, 28]
+
+
+def test_config_for_verifier_takes_its_rope(caplog):
+    """A Llama-3.1 verifier's llama3 RoPE is copied, and the drafter's frequencies are the verifier's own; a RoPE
+    the drafter cannot follow (dynamic) falls back to default RoPE with the verifier's theta, logged."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from diffuspec.models.conditioned import rope_frequencies
+
+    llama3 = {
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 256,
+    }
+    shape = {"vocab_size": VOCAB, "hidden_size": 64, "num_attention_heads": 2, "num_key_value_heads": 1}
+    verifier_config = LlamaConfig(**shape, max_position_embeddings=2048, rope_parameters=dict(llama3))
+    config = ConditionedDrafterConfig.for_verifier(verifier_config, mask_token_id=MASK)
+    assert config.rope_parameters == llama3
+    inv_freq, scaling = rope_frequencies(config)
+    rotary = LlamaRotaryEmbedding(verifier_config)
+    assert torch.equal(inv_freq, rotary.inv_freq) and scaling == rotary.attention_scaling
+    assert not torch.equal(inv_freq, rope_frequencies(ConditionedDrafterConfig(rope_theta=500000.0, head_dim=32))[0])
+
+    dynamic = LlamaConfig(**shape, rope_parameters={"rope_type": "dynamic", "rope_theta": 50.0, "factor": 2.0})
+    with caplog.at_level("WARNING", logger="diffuspec.models.conditioned"):
+        config = ConditionedDrafterConfig.for_verifier(dynamic, mask_token_id=MASK)
+    assert config.rope_parameters == {"rope_type": "default", "rope_theta": 50.0}
+    assert "rope_type 'dynamic' is not supported" in caplog.text
 
 
 def test_model_needs_a_mask_token():
@@ -179,6 +215,14 @@ ARCHITECTURES = {
         "output_multiplier": 0.6,
         "final_logit_softcapping": 4.0,
     },
+    "rope_yarn": {
+        "rope_parameters": {
+            "rope_type": "yarn",
+            "rope_theta": 100.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 512,
+        }
+    },
 }
 
 
@@ -219,6 +263,26 @@ def test_drafters_saved_before_qk_norms_load_and_compute_the_same(verifier, tmp_
     torch.testing.assert_close(
         ConditionedDrafter(loaded, verifier).propose(req).logprobs, ConditionedDrafter(model).propose(req).logprobs
     )
+
+
+def test_drafters_saved_before_rope_parameters_load_with_their_theta(verifier, tmp_path):
+    """A config.json with a top-level rope_theta and no rope_parameters (the old layout) loads as default RoPE with
+    that theta and computes what the drafter computed; with neither key, theta is the old default 10000."""
+    model = make_drafter(verifier, rope_parameters={"rope_type": "default", "rope_theta": 50.0})
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config.pop("rope_parameters") == {"rope_type": "default", "rope_theta": 50.0}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_theta": 50.0}))
+    loaded = ConditionedDrafterModel.from_pretrained(tmp_path).to(verifier.dtype)
+    assert loaded.config.rope_parameters == {"rope_type": "default", "rope_theta": 50.0}
+    req = request(verifier, model.config.feature_layers, [3, 9, 4, 7, 1, 8, 2], k=4)
+    expected = ConditionedDrafter(model).propose(req).logprobs
+    torch.testing.assert_close(ConditionedDrafter(loaded, verifier).propose(req).logprobs, expected)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert ConditionedDrafterConfig.from_pretrained(tmp_path).rope_parameters == {
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+    }
 
 
 def test_eager_and_sdpa_attention_agree(verifier):

@@ -2,6 +2,7 @@
 import, export, lossless decoding with an imported drafter, acceptance against ``dflash_generate``, and the
 train/serve parity gate."""
 
+import copy
 import json
 import os
 import time
@@ -30,6 +31,19 @@ from transformers import Qwen3Config  # noqa: E402
 VOCAB, HIDDEN, TARGET_LAYERS = 64, 32, 3
 MASK = VOCAB - 1
 
+# Scaled RoPE (the reference gets it from Qwen3's rotary embedding). With head_dim 8 and theta 1e4 the wavelengths
+# are 6, 63, 628 and 6283 positions, so an original context of 64 puts them in every regime of llama3 and YaRN.
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+YARN_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 64}
+LINEAR_ROPE = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+
 # DFlash options that change the computation, each checked against the reference forward
 OPTIONS = {
     "plain": {},
@@ -41,6 +55,9 @@ OPTIONS = {
     "causal": {"is_causal": True},
     "bias_and_head_dim": {"attention_bias": True, "head_dim": 16},
     "scales": {"input_embedding_scale": 1.5, "output_multiplier": 0.7, "final_logit_softcapping": 6.0},
+    "rope_llama3": {"rope_parameters": LLAMA3_ROPE},
+    "rope_yarn": {"rope_parameters": YARN_ROPE},  # its attention factor scales cos/sin too
+    "rope_linear": {"rope_parameters": LINEAR_ROPE},
 }
 
 
@@ -52,7 +69,7 @@ def target():
 
 def reference_drafter(tmp_path, options=None, layers=2, block_size=6, seed=0):
     """A random DFlashDraftModel saved by the reference code; norms are randomised so that they matter."""
-    options = dict(options or {})
+    options = copy.deepcopy(options or {})  # configs keep (and may fill in) the rope_parameters dict they get
     extra = {
         k: options.pop(k)
         for k in ("input_embedding_scale", "output_multiplier", "final_logit_softcapping")
@@ -145,15 +162,25 @@ def native_drafter(target, seed=1, **overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"layer_types": ["full_attention", "sliding_attention"], "sliding_window": 4, "output_multiplier": 0.8}],
-    ids=["plain", "sliding_scaled"],
+    [
+        {},
+        {"layer_types": ["full_attention", "sliding_attention"], "sliding_window": 4, "output_multiplier": 0.8},
+        {"rope_parameters": LLAMA3_ROPE},
+        {"rope_parameters": YARN_ROPE},
+    ],
+    ids=["plain", "sliding_scaled", "rope_llama3", "rope_yarn"],
 )
 def test_an_export_loads_in_the_reference_and_computes_the_same(target, tmp_path, overrides):
-    model = native_drafter(target, initializer_range=0.3, **overrides)
+    model = native_drafter(target, initializer_range=0.3, **copy.deepcopy(overrides))
     out = export_dflash(model, tmp_path / "export", verifier="tiny-verifier")
     raw = json.loads((out / "config.json").read_text())
     assert raw["architectures"] == ["DFlashDraftModel"] and raw["block_size"] == 6
     assert raw["dflash_config"] == {"mask_token_id": MASK, "target_layer_ids": [0, 2]}
+    rope = overrides.get(
+        "rope_parameters", {"rope_type": "default", "rope_theta": target.config.rope_parameters["rope_theta"]}
+    )
+    assert raw["rope_parameters"] == model.config.rope_parameters == rope  # written back as it is
+    assert load_dflash_drafter(out).config.rope_parameters == rope  # and read again
     card = (out / "README.md").read_text()
     assert '"method": "dflash"' in card and '"num_speculative_tokens": 5' in card and "tiny-verifier" in card
     reference = dflash.DFlashDraftModel.from_pretrained(out).eval()
@@ -179,10 +206,25 @@ def test_import_refuses_what_diffuspec_does_not_compute(tmp_path):
     assert config_from_dflash(base).feature_layers == [2]  # the format's default: the middle target layer + 1
     with pytest.raises(ValueError, match="DFlash2DraftModel"):
         config_from_dflash({**base, "architectures": ["DFlash2DraftModel"]})
-    with pytest.raises(ValueError, match="rope_type 'yarn'"):
-        config_from_dflash({**base, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}})
+    assert config_from_dflash({**base, "rope_parameters": dict(YARN_ROPE)}).rope_parameters == YARN_ROPE
+    longrope = {"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [2.0] * 4}
+    for rope in ({"rope_type": "dynamic", "factor": 2.0}, longrope):
+        with pytest.raises(ValueError, match=f"RoPE is not computed by diffuspec: rope_type '{rope['rope_type']}'"):
+            config_from_dflash({**base, "rope_parameters": {"rope_theta": 1e4, **rope}})
     with pytest.raises(ValueError, match="mask_token_id"):
         config_from_dflash({**base, "dflash_config": {}})
+
+
+def test_a_dynamic_rope_checkpoint_is_refused_before_its_weights_are_read(tmp_path):
+    _, folder = reference_drafter(tmp_path)
+    raw = json.loads((folder / "config.json").read_text())
+    raw["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0}
+    (folder / "config.json").write_text(json.dumps(raw))
+    (folder / "model.safetensors").write_bytes(b"not safetensors")  # reading it would fail with another error
+    with pytest.raises(ValueError, match="rope_type 'dynamic' is not supported: dynamic NTK scaling"):
+        load_dflash_drafter(folder)
+    with pytest.raises(ValueError, match="rope_type 'dynamic'"):
+        check_drafter_folder(folder)  # nor pushed
 
 
 def test_a_checkpoint_with_a_missing_tensor_is_refused_by_name(target, tmp_path):

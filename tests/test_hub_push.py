@@ -117,9 +117,13 @@ def test_trainer_marker_reads_and_bad_configs_fail(tmp_path):
     with pytest.raises(ValueError, match="shifted must be true or false"):
         drafter_config.read_diffuspec_config(tmp_path)
     with pytest.raises(ValueError, match=r"vocab_size must be an int > mask_token_id \(9\)"):
-        drafter_config.write_diffuspec_config(tmp_path, mask_token_id=9, shifted=True, verifier="v", verifier_vocab_size=9)
+        drafter_config.write_diffuspec_config(
+            tmp_path, mask_token_id=9, shifted=True, verifier="v", verifier_vocab_size=9
+        )
     with pytest.raises(ValueError, match="CPSConfig.beam must be >= 1"):
-        drafter_config.DiffuspecConfig(mask_token_id=1, shifted=True, recommended_decode={"cps": {"beam": 0}, "adl": None})
+        drafter_config.DiffuspecConfig(
+            mask_token_id=1, shifted=True, recommended_decode={"cps": {"beam": 0}, "adl": None}
+        )
 
 
 # ---------------------------------------------------------------- model card
@@ -196,6 +200,41 @@ def test_push_without_card_writes_one(drafter, tmp_path):
     hub.push_drafter(drafter, "me/carded", api=api)
     card = (api.remote("me/carded") / "README.md").read_text()
     assert "# me/carded" in card and front_matter(card)["diffuspec"]["verifier"] == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_push_uploads_a_dflash_export(tmp_path):
+    """A conditioned drafter exported with diffuspec.export pushes as it is: DFlash config, weights and the
+    export's card (no diffuspec_config.json or tokenizer needed), and the pushed repo loads back as the drafter."""
+    from diffuspec.export import export_drafter
+    from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
+
+    verifier = tiny_qwen2(seed=5, vocab_size=VOCAB, hidden_size=32, num_layers=2)
+    config = ConditionedDrafterConfig.for_verifier(
+        verifier.config, mask_token_id=MASK, block_size=3, feature_layers=[1, 2], verifier_name="me/tiny-verifier"
+    )
+    torch.manual_seed(0)
+    ConditionedDrafterModel(config).save_pretrained(tmp_path / "trained")
+    export = export_drafter(tmp_path / "trained", tmp_path / "export", repo_id="me/tiny-dflash")
+    api = FakeHfApi(tmp_path / "remote")
+    url = hub.push_drafter(export, "me/tiny-dflash", api=api)
+    assert url == "https://huggingface.co/me/tiny-dflash"
+    assert [(c[0], c[1]) for c in api.calls] == [("create_repo", "me/tiny-dflash"), ("upload_folder", "me/tiny-dflash")]
+    remote = api.remote("me/tiny-dflash")
+    assert sorted(p.name for p in remote.rglob("*") if p.is_file()) == ["README.md", "config.json", "model.safetensors"]
+    raw = json.loads((remote / "config.json").read_text())
+    assert raw["architectures"] == ["DFlashDraftModel"] and raw["block_size"] == 4
+    card = (remote / "README.md").read_text()
+    assert (
+        front_matter(card)["base_model"] == "me/tiny-verifier"
+        and "--speculative-draft-model-path me/tiny-dflash" in card
+    )
+
+    pushed = loading.load_conditioned_model(loading.resolve_local(remote))
+    original = loading.load_conditioned_model(tmp_path / "trained")
+    assert pushed.config.feature_layers == [1, 2] and pushed.config.block_size == 3
+    expected = original.state_dict()
+    assert pushed.state_dict().keys() == expected.keys()
+    assert all(torch.equal(weight, expected[name]) for name, weight in pushed.state_dict().items())
 
 
 def test_cli_push(drafter, tmp_path, monkeypatch, capsys):

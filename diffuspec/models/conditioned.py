@@ -31,6 +31,7 @@ and are always frozen: updating them would change the verifier itself.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,11 +43,14 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 from transformers.utils import ModelOutput
 
 __all__ = [
     "MAX_DRAFT_LAYERS",
+    "ROPE_TYPES",
     "ConditionedDrafterConfig",
     "ConditionedDrafterModel",
     "ConditionedDrafterOutput",
@@ -55,12 +59,25 @@ __all__ = [
     "block_targets",
     "check_verifier_compatible",
     "spread_feature_layers",
+    "unsupported_rope",
     "verifier_features",
 ]
+
+logger = logging.getLogger(__name__)
 
 MAX_DRAFT_LAYERS = 8  # a handful: every draft layer costs draft time in every round
 LAYER_TYPES = ("full_attention", "sliding_attention")
 LEGACY_KEYS = {r"^fusion_norm\.": "hidden_norm."}  # the fusion norm's name in drafters saved before the DFlash names
+# RoPE types whose frequencies the config fixes: memory keys rotated once and cached stay right, so these are
+# computed exactly as transformers (and the DFlash reference, through Qwen3's rotary embedding) compute them.
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# Types whose frequencies transformers recomputes from the current sequence length: refused by name.
+LENGTH_DEPENDENT_ROPE = {
+    "dynamic": "dynamic NTK scaling recomputes its frequencies whenever the sequence grows past "
+    "max_position_embeddings",
+    "longrope": "LongRoPE switches from its short to its long factors once the sequence passes "
+    "original_max_position_embeddings",
+}
 
 
 def spread_feature_layers(num_verifier_layers: int, count: int = 3) -> list[int]:
@@ -78,6 +95,43 @@ def spread_feature_layers(num_verifier_layers: int, count: int = 3) -> list[int]
 # ---------------------------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def unsupported_rope(rope_parameters: dict) -> str | None:
+    """Why the drafter cannot compute ``rope_parameters`` (a transformers 5 RoPE dict) exactly; None when it can.
+
+    Shared by the config check and the DFlash import, so both refuse the same things with the same reason."""
+    if any(isinstance(value, dict) for value in rope_parameters.values()):
+        return "per-layer-type RoPE (a dict per layer type) is not supported: give one flat dict"
+    rope_type = rope_parameters.get("rope_type", "default")
+    if rope_type in LENGTH_DEPENDENT_ROPE:
+        return (
+            f"rope_type {rope_type!r} is not supported: {LENGTH_DEPENDENT_ROPE[rope_type]}, and the drafter's memory "
+            "keys are rotated once and cached, so they cannot follow"
+        )
+    if rope_type not in ROPE_TYPES:
+        return f"rope_type {rope_type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+    if rope_parameters.get("partial_rotary_factor", 1.0) != 1.0:
+        return "partial_rotary_factor must be 1.0: the drafter rotates whole heads"
+    if not rope_parameters.get("rope_theta", 0) > 0:
+        return "rope_theta must be > 0"
+    return None
+
+
+def verifier_rope_parameters(text_config: PreTrainedConfig) -> dict:
+    """The drafter's RoPE for a verifier: a copy of the verifier's when the drafter computes it exactly, else
+    default RoPE with the verifier's theta (logged). The drafter trains with its own RoPE, so the fallback is
+    consistent; it only gives up matching the verifier's rotation, which drafters did before scaled RoPE."""
+    rope = dict(getattr(text_config, "rope_parameters", None) or {})
+    rope.setdefault("rope_type", "default")
+    rope.setdefault("rope_theta", getattr(text_config, "rope_theta", None) or 10000.0)  # remote-code configs
+    problem = unsupported_rope(rope)
+    if problem is None:
+        return rope
+    theta = rope["rope_theta"]
+    theta = float(theta) if isinstance(theta, (int, float)) and theta > 0 else 10000.0
+    logger.warning("the verifier's RoPE %s: %s; the drafter uses default RoPE with rope_theta %s", rope, problem, theta)
+    return {"rope_type": "default", "rope_theta": theta}
 
 
 @strict
@@ -110,8 +164,12 @@ class ConditionedDrafterConfig(PreTrainedConfig):
     sliding_window: int | None = None
     attention_causal: bool | None = None
     rms_norm_eps: float = 1e-6  # the verifier's, since the memory is built from its (RMS-normalised) states
-    # The verifier's theta: memory keys sit at the same absolute positions as the verifier's own keys.
-    rope_theta: float = 10000.0
+    # RoPE as transformers 5 configs (Qwen3Config, LlamaConfig) hold it: rope_type, rope_theta and that type's
+    # scaling keys, computed by transformers' own functions. for_verifier copies the verifier's: memory keys sit at
+    # the verifier's absolute positions. None (and configs saved before the field): default RoPE with the legacy
+    # top-level rope_theta, or 10000. Types that recompute frequencies per sequence length are refused (ROPE_TYPES,
+    # LENGTH_DEPENDENT_ROPE).
+    rope_parameters: dict | None = None
     # Largest position + 1 the drafter reads (block included); the verifier's context is the natural value.
     max_position_embeddings: int = 2048
     initializer_range: float = 0.02  # std of freshly initialised draft weights (transformers' default)
@@ -186,7 +244,9 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             self.mask_token_id is None or 0 <= self.mask_token_id < self.vocab_size,
             f"mask_token_id must be in [0, {self.vocab_size}), got {self.mask_token_id}",
         )
-        require(self.rope_theta > 0 and self.rms_norm_eps > 0, "rope_theta and rms_norm_eps must be > 0")
+        require(self.rms_norm_eps > 0, f"rms_norm_eps must be > 0, got {self.rms_norm_eps}")
+        rope_problem = unsupported_rope(self.rope_parameters)
+        require(rope_problem is None, f"rope_parameters: {rope_problem}")
         if self.layer_types is not None:
             require(
                 len(self.layer_types) == self.num_hidden_layers and set(self.layer_types) <= set(LAYER_TYPES),
@@ -245,7 +305,6 @@ class ConditionedDrafterConfig(PreTrainedConfig):
         ``feature_layers`` defaults to three layers spread low/mid/high; ``verifier_name`` to the config's
         ``name_or_path`` (empty: unknown)."""
         text = verifier_config.get_text_config()
-        rope = getattr(text, "rope_parameters", None) or {}
         values = {
             "hidden_size": text.hidden_size,
             "num_attention_heads": text.num_attention_heads,
@@ -253,7 +312,7 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
             "intermediate_size": text.intermediate_size,
             "rms_norm_eps": getattr(text, "rms_norm_eps", 1e-6),
-            "rope_theta": float(rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))),
+            "rope_parameters": verifier_rope_parameters(text),
             "max_position_embeddings": text.max_position_embeddings,
             "vocab_size": text.vocab_size,
             "verifier_name": verifier_name or (verifier_config.name_or_path or None),
@@ -396,15 +455,33 @@ def _and_masks(first: torch.Tensor | None, second: torch.Tensor | None) -> torch
     return first & second
 
 
+def rope_frequencies(config: PreTrainedConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies ``[head_dim // 2]`` (float32, CPU) and the cos/sin scale of ``config.rope_parameters``.
+
+    transformers computes them (its RoPE init functions; Qwen3's rotary embedding for "default", as the DFlash
+    reference does), so a scaled RoPE gives the verifier's and the reference's numbers, not a re-derivation."""
+    problem = unsupported_rope(config.rope_parameters)
+    if problem is not None:
+        raise ValueError(f"rope_parameters: {problem}")
+    rope_type = config.rope_parameters.get("rope_type", "default")
+    if rope_type == "default":
+        inv_freq, scaling = Qwen3RotaryEmbedding.compute_default_rope_parameters(config)
+    else:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
+    return inv_freq.float(), float(scaling)
+
+
 def rope_cos_sin(
-    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype, scaling: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin ``[..., S, head_dim]`` for integer ``positions`` ``[..., S]``; computed in float32 (no buffers,
-    so nothing to re-initialise after a meta-device load)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions[..., None].float() * inv_freq
+    """cos, sin ``[..., S, head_dim]`` for integer ``positions`` ``[..., S]`` and ``inv_freq`` ``[head_dim // 2]``
+    (:func:`rope_frequencies`), times ``scaling`` (YaRN's attention factor); computed in float32."""
+    freqs = positions[..., None].float() * inv_freq.to(positions.device)
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos, sin = emb.cos(), emb.sin()
+    if scaling != 1.0:
+        cos, sin = cos * scaling, sin * scaling
+    return cos.to(dtype), sin.to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -679,6 +756,7 @@ class ConditionedDrafterModel(PreTrainedModel):
         self.norm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
         self._verifier_parts: _VerifierParts | None = None
+        self._rope_frequencies: dict[torch.device, tuple[torch.Tensor, float]] = {}
         self.post_init()
         if verifier is not None:
             self.attach_verifier(verifier)
@@ -738,7 +816,14 @@ class ConditionedDrafterModel(PreTrainedModel):
     # -- shared steps ---------------------------------------------------------------------------------------------
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, self.dtype)
+        """cos, sin of ``positions``; the frequencies are computed once per device and kept outside the module's
+        buffers, so a meta-device load leaves nothing to re-initialise."""
+        device = positions.device
+        if device not in self._rope_frequencies:
+            inv_freq, scaling = rope_frequencies(self.config)
+            self._rope_frequencies[device] = inv_freq.to(device), scaling
+        inv_freq, scaling = self._rope_frequencies[device]
+        return rope_cos_sin(positions, inv_freq, self.dtype, scaling)
 
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """Step 1: verifier features ``[B, M, F]`` -> context memory ``[B, M, H]``."""

@@ -18,6 +18,8 @@ DFlash                                             diffuspec (``ConditionedDraft
 ``layer_types``, ``sliding_window``, ``head_dim``,  the same names
 ``attention_bias``, ``hidden_act``, embedding
 scale, output multiplier, logit softcap
+``rope_parameters`` (``default``, ``linear``,      ``rope_parameters``; ``dynamic`` and ``longrope``, whose
+``llama3``, ``yarn``)                              frequencies follow the sequence length, are refused
 =================================================  ===========================================================
 
 Rounds anchor the same way in both: the block starts with the newest committed token (the verifier's bonus token)
@@ -38,7 +40,7 @@ from transformers.activations import ACT2FN
 from ..cards import write_dflash_card
 from ..dtypes import load_dtype
 from ..files import replace_folder_atomically
-from .conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
+from .conditioned import ConditionedDrafterConfig, ConditionedDrafterModel, unsupported_rope
 from .weights import load_with_from_pretrained, parse_size, write_checkpoint
 
 __all__ = [
@@ -100,9 +102,9 @@ def config_from_dflash(raw: dict[str, Any], verifier_name: str | None = None) ->
         )
     qwen3 = Qwen3Config.from_dict({k: v for k, v in raw.items() if k != "architectures"})
     rope = dict(qwen3.rope_parameters or {})
-    rope_type = rope.get("rope_type", "default")
-    if rope_type != "default":
-        raise ValueError(f"DFlash checkpoint uses rope_type {rope_type!r}; diffuspec implements only 'default' RoPE")
+    rope_problem = unsupported_rope(rope)
+    if rope_problem is not None:
+        raise ValueError(f"DFlash checkpoint's RoPE is not computed by diffuspec: {rope_problem}")
     if qwen3.hidden_act not in ACT2FN:
         raise ValueError(f"DFlash checkpoint's hidden_act {qwen3.hidden_act!r} is not a transformers activation")
     mask_token_id = _dflash_value(raw, "mask_token_id")
@@ -134,7 +136,7 @@ def config_from_dflash(raw: dict[str, Any], verifier_name: str | None = None) ->
         sliding_window=qwen3.sliding_window if sliding else None,
         attention_causal=raw.get("is_causal"),
         rms_norm_eps=qwen3.rms_norm_eps,
-        rope_theta=float(rope.get("rope_theta", 10000.0)),
+        rope_parameters=rope,
         max_position_embeddings=qwen3.max_position_embeddings,
         vocab_size=qwen3.vocab_size,
         mask_token_id=int(mask_token_id),
@@ -200,7 +202,7 @@ def dflash_config(config: ConditionedDrafterConfig) -> Qwen3Config:
         "hidden_act": config.hidden_act,
         "attention_bias": config.attention_bias,
         "rms_norm_eps": config.rms_norm_eps,
-        "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta},
+        "rope_parameters": dict(config.rope_parameters),
         "max_position_embeddings": config.max_position_embeddings,
         "vocab_size": config.vocab_size,
         "tie_word_embeddings": False,
