@@ -182,8 +182,8 @@ def write_dflash_card(
         + "## Serve\n\n"
         + served
         + "## Decode with diffuspec\n\n"
-        + f"```python\nfrom diffuspec import SpeculativeDecoder\n\ndecoder = SpeculativeDecoder.from_pretrained(\"{verifier}\", "
-        + f"\"{name}\")\n```\n"
+        + f'```python\nfrom diffuspec import SpeculativeDecoder\n\ndecoder = SpeculativeDecoder.from_pretrained("{verifier}", '
+        + f'"{name}")\n```\n'
     )
     folder = Path(folder)
     return atomic_write_text(folder / CARD_FILE, text)

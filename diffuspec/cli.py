@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .config import ADLConfig, CPSConfig, DecodeConfig
+from .config import ADLConfig, CPSConfig, DecodeConfig, TreeConfig
 from .decoding.proxy import load_proxy
 from .dtypes import DTYPE_NAMES
 from .extras import MissingExtraError, require
@@ -27,6 +27,9 @@ def add_decode_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mass", type=float, default=CPSConfig.mass)
     group.add_argument("--m-max", type=int, default=CPSConfig.m_max)
     group.add_argument("--proxy", default=None, help="n-gram proxy: a diffuspec .json or a KenLM .arpa/.bin file.")
+    group.add_argument("--tree-nodes", type=int, default=0, help="Verify a token tree of N nodes (0: one path).")
+    group.add_argument("--tree-children", type=int, default=TreeConfig.max_children, help="Branches per tree node.")
+    group.add_argument("--tree-budget", choices=("fixed", "cost"), default="fixed", help="Tree size: fixed or by cost.")
 
 
 def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
@@ -42,7 +45,12 @@ def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
         )
     )
     adl = None if args.no_adl else ADLConfig(k_min=args.k_min, k_max=args.k_max)
-    return DecodeConfig(cps=cps, adl=adl, draft_length=args.draft_length)
+    tree = (
+        TreeConfig(max_nodes=args.tree_nodes, max_children=args.tree_children, budget=args.tree_budget)
+        if args.tree_nodes
+        else None
+    )
+    return DecodeConfig(cps=cps, adl=adl, draft_length=args.draft_length, tree=tree)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -70,12 +70,45 @@ class ADLConfig:
 
 
 @dataclass
+class TreeConfig:
+    """Token-tree verification (``diffuspec.decoding.tree``): many lattice paths checked in one verifier pass.
+
+    The tree holds the ``max_nodes`` best nodes by path score (the CPS score: drafter log-prob, plus the proxy's
+    when CPS has one), branching into at most ``max_children`` candidates per slot, at most k deep.
+    """
+
+    max_nodes: int = field(default=16, metadata={"help": "Draft tokens verified per round (the tree's size)."})
+    max_children: int = field(default=4, metadata={"help": "Candidates per slot a node may branch into."})
+    include_path: bool = field(
+        default=True, metadata={"help": "Put the path CPS picks in every tree first, so no round accepts less."}
+    )
+    budget: str = field(
+        default="fixed",
+        metadata={
+            "help": "'fixed': every tree has max_nodes nodes; 'cost': each round the size (powers of two up to "
+            "max_nodes) with the most tokens per second by the measured verify cost and acceptance per node."
+        },
+    )
+    explore_every: int = field(
+        default=16, metadata={"help": "With budget 'cost', every Nth round verifies max_nodes to re-measure."}
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.max_nodes >= 1, f"TreeConfig.max_nodes must be >= 1, got {self.max_nodes}")
+        _check(self.max_children >= 1, f"TreeConfig.max_children must be >= 1, got {self.max_children}")
+        _check(self.budget in ("fixed", "cost"), f"TreeConfig.budget must be 'fixed' or 'cost', got {self.budget!r}")
+        _check(self.explore_every >= 1, f"TreeConfig.explore_every must be >= 1, got {self.explore_every}")
+
+
+@dataclass
 class DecodeConfig:
-    """How the round loop drafts: CPS on/off, ADL on/off, fixed draft length when ADL is off."""
+    """How the round loop drafts: CPS on/off, ADL on/off, fixed draft length when ADL is off, and whether one path
+    (``tree=None``) or a token tree is verified per round."""
 
     cps: CPSConfig | None = field(default_factory=CPSConfig, metadata={"help": "None: raw argmax draft."})
     adl: ADLConfig | None = field(default_factory=ADLConfig, metadata={"help": "None: fixed draft_length."})
     draft_length: int = field(default=8, metadata={"help": "Draft length k when adl is None."})
+    tree: TreeConfig | None = field(default=None, metadata={"help": "None: verify the one path CPS picks."})
 
     def __post_init__(self) -> None:
         _check(self.draft_length >= 1, f"DecodeConfig.draft_length must be >= 1, got {self.draft_length}")
@@ -87,33 +120,47 @@ class DecodeConfig:
             self.adl is None or isinstance(self.adl, ADLConfig),
             f"DecodeConfig.adl must be an ADLConfig or None, got {type(self.adl).__name__}",
         )
+        _check(
+            self.tree is None or isinstance(self.tree, TreeConfig),
+            f"DecodeConfig.tree must be a TreeConfig or None, got {type(self.tree).__name__}",
+        )
 
     @property
     def max_draft_length(self) -> int:
         return self.adl.k_max if self.adl is not None else self.draft_length
 
+    @property
+    def draft_width(self) -> int:
+        """Candidates per slot the lattice must keep for CPS and the tree."""
+        return max(self.cps.m_max if self.cps is not None else 1, self.tree.max_children if self.tree else 1)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON (``cps`` / ``adl`` null when off). The proxy LM is a runtime object and is never stored."""
+        """Plain JSON (``cps`` / ``adl`` / ``tree`` null when off). The proxy LM is a runtime object, never stored."""
         cps = None if self.cps is None else {k: v for k, v in dataclasses.asdict(self.cps).items() if k != "proxy"}
         adl = None if self.adl is None else dataclasses.asdict(self.adl)
-        return {"cps": cps, "adl": adl, "draft_length": self.draft_length}
+        tree = None if self.tree is None else dataclasses.asdict(self.tree)
+        return {"cps": cps, "adl": adl, "draft_length": self.draft_length, "tree": tree}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "decoding settings", proxy: Any = None) -> DecodeConfig:
-        """The inverse of ``to_dict``: ``cps`` / ``adl`` are keyword mappings (null: off); missing keys take the
-        defaults, unknown keys are errors naming ``where``. ``proxy`` goes to CPS."""
+        """The inverse of ``to_dict``: ``cps`` / ``adl`` / ``tree`` are keyword mappings (null: off; cps and adl
+        default on, tree off); missing keys take the defaults, unknown keys are errors naming ``where``. ``proxy``
+        goes to CPS."""
         if not isinstance(values, dict):
             raise ValueError(f"{where}: expected a mapping, got {values!r}")
-        unknown = sorted(set(values) - {"cps", "adl", "draft_length"})
+        allowed = ["adl", "cps", "draft_length", "tree"]
+        unknown = sorted(set(values) - set(allowed))
         if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: ['adl', 'cps', 'draft_length']")
+            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {allowed}")
         default = cls()
         cps = values.get("cps", {})
         adl = values.get("adl", {})
+        tree = values.get("tree")
         return cls(
             cps=None if cps is None else _build(CPSConfig, cps, f"{where} cps", proxy=proxy),
             adl=None if adl is None else _build(ADLConfig, adl, f"{where} adl"),
             draft_length=values.get("draft_length", default.draft_length),
+            tree=None if tree is None else _build(TreeConfig, tree, f"{where} tree"),
         )
 
 

@@ -19,7 +19,9 @@ Measured, each as the median of ``--reps`` device-synchronised calls after ``--w
 - conditioned draft time per context length (ConditionedDrafter.propose at a Qwen3-8B-width 5-layer drafter, block
   16: four new verifier feature rows projected into its cached memory, then one block pass; the verifier's
   embedding and LM head are built at its shape, nothing else of it);
-- CPS time per draft length (beam search with a trigram proxy, on the CPU).
+- CPS time per draft length (beam search with a trigram proxy, on the CPU);
+- token-tree verify time per context length and tree size (``--tree-nodes``: Verifier.step_tree over a best-first
+  tree of a random lattice, 4 children per node, after the KV-cached context), also in AR steps.
 Then diffuspec.evaluation.costmodel projects tokens/s and speedup for each verifier x drafter x context x k x
 acceptance profile. ``--budget-s`` stops measuring (the rest is listed under "skipped") before the time is up.
 """
@@ -39,11 +41,13 @@ from typing import Any
 import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
-from diffuspec.config import CPSConfig
+from diffuspec.config import CPSConfig, TreeConfig
 from diffuspec.decoding.cps import causal_path_search
 from diffuspec.decoding.drafter import DraftRequest
 from diffuspec.decoding.lattice import Lattice
 from diffuspec.decoding.proxy import NGramProxy
+from diffuspec.decoding.tree import build_tree
+from diffuspec.decoding.verifier import Verifier
 from diffuspec.devices import synchronize
 from diffuspec.drafters.autoregressive import AutoregressiveDrafter
 from diffuspec.drafters.conditioned import ConditionedDrafter
@@ -193,6 +197,29 @@ def verify_costs(model, contexts, blocks, device, args, deadline, skipped) -> di
                 cache.crop(-m)  # back to the n context tokens
 
             out[str(n)][str(m)] = timed(step, device, args.warmup, args.reps)
+    return out
+
+
+def tree_verify_costs(model, contexts, sizes, device, args, deadline, skipped) -> dict[str, dict[str, float]]:
+    """Verifier.step_tree over a tree of n nodes (pending token + n, 4D mask) after a KV-cached context."""
+    vocab = model.config.vocab_size
+    out: dict[str, dict[str, float]] = {}
+    for n in contexts:
+        verifier = Verifier(model)
+        verifier.start(torch.randint(0, vocab, (n,)))
+        out[str(n)] = {}
+        for size in sizes:
+            if deadline.left() <= 0:
+                skipped.append(f"tree verify context {n} nodes {size}: budget spent")
+                continue
+            lattice = Lattice.from_logprobs(torch.randn(size, vocab).log_softmax(-1), width=4)
+            tree = build_tree(lattice, [], TreeConfig(max_nodes=size, max_children=4, include_path=False))
+
+            def step(tree=tree, verifier=verifier):
+                verifier.step_tree(tree)
+                verifier.cache.crop(-(tree.size + 1))  # back to the context
+
+            out[str(n)][str(size)] = timed(step, device, args.warmup, args.reps)
     return out
 
 
@@ -428,6 +455,14 @@ def measure_models(plan, role, measure, contexts, sizes, device, dtype, args, de
         table = measure(model, contexts, sizes, device, args, deadline, results["skipped"])
         key = {"verifiers": "verify_s", "dlm": "dlm_draft_s", "ar": "ar_draft_s"}[role]
         results[key][name] = table
+        if role == "verifiers":  # the same model, built once
+            trees = tree_verify_costs(model, contexts, args.tree_nodes, device, args, deadline, results["skipped"])
+            results["tree_verify_s"][name] = trees
+            results["tree_verify_steps"][name] = {
+                n: {size: s / table[n]["1"] for size, s in by_size.items()}
+                for n, by_size in trees.items()
+                if "1" in table.get(n, {})
+            }
         if device.type == "cuda":
             results["models"][name]["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
         del model
@@ -464,6 +499,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "ar_draft_s": {},
         "conditioned_draft_s": {},
         "cps_s": {},
+        "tree_verify_s": {},
+        "tree_verify_steps": {},  # tree verify time in AR steps (verify of one token) at the same context
         "skipped": [],
     }
 
@@ -517,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--contexts", type=_ints, default=None, help="Context lengths (default 256,1024; tiny 16,32).")
     parser.add_argument("--ks", type=_ints, default=None, help="Draft lengths (default 8,16,32; tiny 2,4).")
+    parser.add_argument("--tree-nodes", type=_ints, default=None, help="Tree sizes (default 16,32,64; tiny 4,8).")
     parser.add_argument("--alphas", type=_floats, default=[0.6, 0.7, 0.8, 0.9], help="Geometric acceptance rates.")
     parser.add_argument("--profile-json", default=None, help="A results.json whose acceptance profiles to project.")
     parser.add_argument("--reps", type=int, default=None, help="Timed calls per point (default 5; tiny 2).")
@@ -526,7 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    defaults = {"contexts": ([16, 32], [256, 1024]), "ks": ([2, 4], [8, 16, 32]), "reps": (2, 5), "warmup": (1, 2)}
+    defaults = {
+        "contexts": ([16, 32], [256, 1024]),
+        "ks": ([2, 4], [8, 16, 32]),
+        "tree_nodes": ([4, 8], [16, 32, 64]),
+        "reps": (2, 5),
+        "warmup": (1, 2),
+    }
     for name, (tiny, real) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, tiny if args.tiny else real)

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_sampling import PROMPT, N, V, exact_distribution, sampled_tv, tv_bound
 
-from diffuspec import ADLConfig, DecodeConfig, Drafter, DraftRequest, Lattice, SpeculativeDecoder
+from diffuspec import ADLConfig, DecodeConfig, Drafter, DraftRequest, Lattice, SpeculativeDecoder, TreeConfig
 from diffuspec.decoding.proxy import NGramProxy
 from diffuspec.drafters.conditioned import ConditionedDrafter
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
@@ -75,24 +75,28 @@ class SteeredConditionedDrafter(Drafter):
     adl=st.booleans(),
     max_new=st.integers(1, 40),
     eos_at=st.one_of(st.none(), st.integers(0, 39)),
+    tree=st.sampled_from([None, TreeConfig(max_nodes=6, max_children=2), TreeConfig(max_nodes=16, max_children=3)]),
 )
 def test_greedy_with_conditioned_drafter_equals_plain_decoding(
-    verifier, seed, layers, steer, prompt, k, block_extra, cps, adl, max_new, eos_at
+    verifier, seed, layers, steer, prompt, k, block_extra, cps, adl, max_new, eos_at, tree
 ):
+    """Also with token trees: the tree's verifier features are compacted to the accepted branch, and the drafter's
+    cached memory is checked against a fresh drafter every round."""
     prompt = torch.tensor(prompt)
     expected, eos = greedy_with_eos_at(verifier, prompt, max_new, eos_at)
     cps_config = cps_variant(cps, _PROXY)
     adl_config = ADLConfig(k_min=max(1, k - 5), k_max=k, delta=2) if adl else None
     drafter = random_drafter(verifier, seed, layers, block_size=k + block_extra)
     steered = SteeredConditionedDrafter(drafter, verifier, steer, seed)
-    decoder = SpeculativeDecoder(verifier, steered, DecodeConfig(cps=cps_config, adl=adl_config, draft_length=k))
+    config = DecodeConfig(cps=cps_config, adl=adl_config, draft_length=k, tree=tree)
+    decoder = SpeculativeDecoder(verifier, steered, config)
     out = decoder.generate(prompt, max_new_tokens=max_new, eos_token_id=list(eos) if eos else [])
 
     assert out.sequences[0].tolist() == expected.tolist()
     stats = out.stats
     assert stats.new_tokens == expected.numel() - prompt.numel() <= max_new
     assert all(0 <= a <= p for a, p in zip(stats.accepted, stats.path_lengths, strict=True))
-    if steer == 1.0 and cps is None:  # every slot is the verifier's greedy token: whole drafts are accepted
+    if steer == 1.0 and cps is None and tree is None:  # every slot is the verifier's greedy token: all accepted
         assert stats.accepted == stats.path_lengths
 
 

@@ -32,6 +32,10 @@ def test_tiny_run_writes_json(gpu_bench, tmp_path):
     assert set(results["dlm_draft_s"]["tiny-dlm"]["32"]) == {"2", "4"}
     assert set(results["ar_draft_s"]["tiny-ar"]["16"]) == {"2", "4"} and set(results["cps_s"]) == {"2", "4"}
     assert set(results["conditioned_draft_s"]["tiny-conditioned"]["32"]) == {"2", "4"}  # k <= its block of 4
+    trees = results["tree_verify_s"]["tiny-verifier"]
+    assert set(trees) == {"16", "32"} and set(trees["32"]) == {"4", "8"} and all(s > 0 for s in trees["16"].values())
+    steps = results["tree_verify_steps"]["tiny-verifier"]["16"]
+    assert steps["8"] == pytest.approx(trees["16"]["8"] / verify["16"]["1"])
     rows = results["projections"]
     # 1 verifier x 3 drafters (diffusion, AR, conditioned) x 2 contexts x 2 ks x 2 profiles
     assert len(rows) == 24 and all(r["speedup"] > 0 for r in rows)

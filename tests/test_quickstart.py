@@ -20,8 +20,12 @@ METHODS = {
     "hf_assisted",
     "dlm_unaligned",
     "dlm_aligned",
+    "dlm_aligned_tree",
+    "dlm_aligned_tree_cost",
     "dlm_aligned_plain",
     "dlm_conditioned",
+    "dlm_conditioned_tree",
+    "dlm_conditioned_tree_cost",
 }
 
 

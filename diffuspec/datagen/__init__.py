@@ -23,6 +23,7 @@ completion ends with EOS when the verifier emitted one) and, with ``teacher_topk
 token t, the K largest entries of ``log_softmax(logits)`` of ``p(. | prompt, completion[:t])`` at temperature 1
 (the verifier's raw distribution, as ``OnlineTeacher`` computes it), largest first.
 """
+
 from ..extras import require
 
 require("train", what="diffuspec.datagen")

@@ -24,7 +24,9 @@ from .prompts import PromptRow
 
 SEED_RULE = "row generator seed = blake2b-64('{seed}:{id}') & (2**63 - 1)"
 TEACHER_DISTRIBUTION = "top-K of log_softmax(verifier logits) at temperature 1, float32, teacher-forced"
-TEACHER_FROM_GENERATION = "top-K of log_softmax(verifier logits) at temperature 1, float32, from the batched generation pass"
+TEACHER_FROM_GENERATION = (
+    "top-K of log_softmax(verifier logits) at temperature 1, float32, from the batched generation pass"
+)
 
 
 def row_seed(seed: int, row_id: str) -> int:

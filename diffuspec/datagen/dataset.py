@@ -105,7 +105,9 @@ def merge_shards(shards: Path, ids: Sequence[str], out: Path, metadata: dict[str
             if dataset.features != features or len(dataset) != len(kept):
                 raise RuntimeError(f"merged dataset has {len(dataset)} rows / {dataset.features}, expected {len(kept)}")
             dataset.save_to_disk(str(folder))
-        write_json(folder / METADATA_FILE, {**metadata, "rows": len(kept), "skipped": skipped, "columns": list(features)})
+        write_json(
+            folder / METADATA_FILE, {**metadata, "rows": len(kept), "skipped": skipped, "columns": list(features)}
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     replace_folder_atomically(fill, out, overwrite=True)

@@ -1,7 +1,8 @@
 """The round loop: draft -> CPS -> verify -> accept -> ADL.
 
 Each round drafts k slots, picks one path through the lattice, scores ``[pending] + path`` with one verifier
-pass and keeps the longest acceptable prefix plus the verifier's own token. EOS and ``max_new_tokens`` are
+pass and keeps the longest acceptable prefix plus the verifier's own token. With ``DecodeConfig.tree`` the round
+verifies a token tree around that path instead and keeps its deepest acceptable branch (``decoding.tree``). EOS and ``max_new_tokens`` are
 handled exactly as plain decoding handles them: the path is cut so a round can never overshoot the budget,
 and generation stops at the first emitted EOS. With no drafter the same loop is plain decoding.
 """
@@ -24,6 +25,7 @@ from .adl import make_controller
 from .cps import causal_path_search
 from .drafter import Drafter, DraftRequest
 from .lattice import Lattice
+from .tree import NodeBudget, TokenTree, build_tree, greedy_walk, sample_walk
 from .verifier import Verifier
 
 
@@ -33,7 +35,8 @@ class DecodeStats:
 
     accepted: list[int] = field(default_factory=list)  # draft tokens accepted per round
     draft_lengths: list[int] = field(default_factory=list)  # k drafted per round (0: plain step)
-    path_lengths: list[int] = field(default_factory=list)  # tokens sent to the verifier after CPS
+    path_lengths: list[int] = field(default_factory=list)  # draft tokens sent to the verifier (tree: its nodes)
+    depths: list[int] = field(default_factory=list)  # deepest draft position verified (chain: the path length)
     generated_lengths: list[int] = field(default_factory=list)  # L^gen per round (EOS-aware raw length)
     new_tokens: int = 0
     time_draft_s: float = 0.0
@@ -92,6 +95,9 @@ class SpeculativeDecoder:
                 f"draft length {self.config.max_draft_length} (ADL k_max or draft_length) exceeds the drafter's "
                 f"block of {block} slots"
             )
+        if self.config.tree is not None:
+            self.verifier.check_tree_support()
+            self.budget = NodeBudget(self.config.tree)  # its measurements outlive a request
         self.controller = make_controller(self.config.adl, self.config.draft_length)
 
     @classmethod
@@ -171,9 +177,8 @@ class SpeculativeDecoder:
     # -- one round --------------------------------------------------------------------------------------------
 
     def _draft(self, ids: torch.Tensor, k: int, eos: tuple[int, ...]) -> Lattice:
-        cps = self.config.cps
         request = DraftRequest(
-            ids=ids, k=k, width=cps.m_max if cps is not None else 1, eos_token_ids=eos, features=self.verifier.features
+            ids=ids, k=k, width=self.config.draft_width, eos_token_ids=eos, features=self.verifier.features
         )
         return self.drafter.propose(request)
 
@@ -183,6 +188,13 @@ class SpeculativeDecoder:
             return cut_after_eos(lattice.draft, eos)
         path = causal_path_search(lattice, ids, cps)
         return torch.as_tensor(path, dtype=torch.long)
+
+    def _tree(self, lattice: Lattice, ids: torch.Tensor, path: torch.Tensor) -> TokenTree:
+        cps = self.config.cps
+        proxy, lam = (cps.proxy, cps.lam) if cps is not None else (None, 1.0)
+        return build_tree(
+            lattice, ids, self.config.tree, path=path, proxy=proxy, lam=lam, max_nodes=self.budget.choose()
+        )
 
     # -- generate ---------------------------------------------------------------------------------------------
 
@@ -214,38 +226,54 @@ class SpeculativeDecoder:
             remaining = max_new_tokens - stats.new_tokens
             k = min(self.controller.k, remaining - 1) if self.drafter is not None else 0
             path = torch.empty(0, dtype=torch.long)
+            tree = None
             generated_len = 0
+            t0 = time.perf_counter()
             if k > 0:
-                t0 = time.perf_counter()
                 lattice = self._draft(ids, k, eos)
                 synchronize(device)
                 t1 = time.perf_counter()
                 path = self._search(lattice, ids, eos)[:k]
+                if self.config.tree is not None:
+                    tree = self._tree(lattice.truncate(k), ids, path)
                 generated_len = lattice.eos_aware_length()
                 stats.time_draft_s += t1 - t0
                 stats.time_search_s += time.perf_counter() - t1
 
             t2 = time.perf_counter()
-            logits = self.verifier.step(path)
-            if temperature == 0:
-                accepted, token = greedy_accept(path.to(logits.device), logits)
+            if tree is None:
+                logits = self.verifier.step(path)
+                if temperature == 0:
+                    accepted, token = greedy_accept(path.to(logits.device), logits)
+                else:
+                    probs = process_logits(logits, temperature, top_k, top_p).cpu()
+                    accepted, token = sample_accept(path, probs, generator)
+                kept, drafted = accepted, path[:accepted]
             else:
-                probs = process_logits(logits, temperature, top_k, top_p).cpu()
-                accepted, token = sample_accept(path, probs, generator)
+                logits = self.verifier.step_tree(tree)
+                if temperature == 0:
+                    kept, token = greedy_walk(tree, logits)
+                else:
+                    kept, token = sample_walk(tree, process_logits(logits, temperature, top_k, top_p).cpu(), generator)
+                accepted, drafted = len(kept), tree.path_tokens(kept)
             synchronize(device)
-            stats.time_verify_s += time.perf_counter() - t2
+            t3 = time.perf_counter()
+            stats.time_verify_s += t3 - t2
+            if tree is not None:
+                self.budget.update(tree, kept, overhead_s=t2 - t0, verify_s=t3 - t2)
 
-            new = cut_after_eos(torch.cat([path[:accepted], torch.tensor([token])]), eos)
+            new = cut_after_eos(torch.cat([drafted, torch.tensor([token])]), eos)
             out.append(new)
             ids = torch.cat([ids, new])
             stats.new_tokens += new.numel()
             stats.accepted.append(accepted)
             stats.draft_lengths.append(k)
-            stats.path_lengths.append(path.numel())
+            stats.path_lengths.append(path.numel() if tree is None else tree.size)
+            stats.depths.append(path.numel() if tree is None else max(tree.depths.tolist(), default=0))
             stats.generated_lengths.append(generated_len)
             if eos and int(new[-1]) in eos:
                 break  # an EOS was emitted
-            self.verifier.commit(accepted, token)
+            self.verifier.commit(kept, token)
             if k > 0:
                 self.controller.update(generated_len, accepted)
         stats.time_total_s = time.perf_counter() - start

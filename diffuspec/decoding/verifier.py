@@ -8,6 +8,10 @@ call with an empty path, which keeps the speculative loop and its baseline on on
 If a drafter asks for verifier features, the hidden states of the chosen layers are taken from these same
 forward passes (no extra pass) and cropped together with the cache. They are appended to a buffer that doubles
 when full, so a round copies only its own rows, whatever the prefix length.
+
+A token tree (``diffuspec.decoding.tree``) goes through the same cache: ``step_tree`` feeds the pending token and
+every node with a 4D mask (each node sees the cache, the pending token and its ancestors) and positions by depth,
+and ``commit`` then keeps the accepted nodes' rows only, moved next to the prefix.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from collections.abc import Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from .tree import TokenTree
+
+# Attention implementations that apply a custom 4D mask as given (flash attention ignores it).
+TREE_ATTENTION = ("eager", "sdpa")
 
 
 class Verifier:
@@ -59,8 +69,23 @@ class Verifier:
     def device(self) -> torch.device:
         return self.model.device
 
+    def check_tree_support(self) -> None:
+        """Trees need a 4D mask the attention honours and a cache whose rows can be moved: refuse others early."""
+        attention = getattr(self.model.config, "_attn_implementation", None)
+        if attention not in TREE_ATTENTION:
+            raise ValueError(
+                f"tree verification needs attn_implementation in {list(TREE_ATTENTION)}, the verifier uses "
+                f"{attention!r}; load it with attn_implementation='sdpa'"
+            )
+        kinds = {type(layer).__name__ for layer in DynamicCache(config=self.model.config).layers}
+        if kinds - {DynamicLayer.__name__}:
+            raise ValueError(
+                f"tree verification needs full-attention cache layers, the verifier's cache has {sorted(kinds)} "
+                "(sliding-window layers drop rows a tree's compaction needs)"
+            )
+
     @torch.inference_mode()
-    def _forward(self, tokens: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, logits_to_keep: int, **kwargs) -> torch.Tensor:
         self.forward_lengths.append(tokens.numel())
         out = self.model(
             input_ids=tokens[None],
@@ -68,6 +93,7 @@ class Verifier:
             use_cache=True,
             logits_to_keep=logits_to_keep,
             output_hidden_states=bool(self.feature_layers),
+            **kwargs,
         )
         if self.feature_layers:
             self._append_features(torch.cat([out.hidden_states[i][0] for i in self.feature_layers], dim=-1))
@@ -89,9 +115,32 @@ class Verifier:
         self._committed = self.cache.get_seq_length()
         return self._forward(tokens, logits_to_keep=tokens.numel())
 
-    def commit(self, accepted: int, next_token: int) -> None:
-        """Keep the pending token and ``accepted`` path tokens in the cache; ``next_token`` becomes pending."""
-        keep = self._committed + 1 + accepted
+    def step_tree(self, tree: TokenTree) -> torch.Tensor:
+        """Score every node of ``tree`` in one pass; returns logits [N + 1, V], row 0 after the pending token and
+        row i + 1 after node i."""
+        tokens = torch.cat([torch.tensor([self.pending]), tree.tokens]).to(self.device)
+        self._committed = committed = self.cache.get_seq_length()
+        positions = committed + torch.cat([torch.zeros(1, dtype=torch.long), tree.depths]).to(self.device)
+        dtype = self.model.dtype
+        mask = torch.zeros((1, 1, tokens.numel(), committed + tokens.numel()), dtype=dtype, device=self.device)
+        mask[0, 0, :, committed:].masked_fill_(~tree.ancestors().to(self.device), torch.finfo(dtype).min)
+        return self._forward(tokens, logits_to_keep=tokens.numel(), attention_mask=mask, position_ids=positions[None])
+
+    @torch.inference_mode()
+    def commit(self, accepted: int | Sequence[int], next_token: int) -> None:
+        """Keep the pending token and the accepted draft tokens in the cache; ``next_token`` becomes pending.
+
+        ``accepted`` counts the path's first tokens after ``step``, or lists the accepted nodes after ``step_tree``
+        (their rows are moved next to the prefix when they are not already the first ones)."""
+        nodes = list(range(accepted)) if isinstance(accepted, int) else list(accepted)
+        keep = self._committed + 1 + len(nodes)
+        if nodes != list(range(len(nodes))):
+            rows = torch.tensor(nodes, device=self.device) + self._committed + 1
+            for layer in self.cache.layers:
+                layer.keys[..., self._committed + 1 : keep, :] = layer.keys[..., rows, :]
+                layer.values[..., self._committed + 1 : keep, :] = layer.values[..., rows, :]
+            if self._feature_buffer is not None:
+                self._feature_buffer[self._committed + 1 : keep] = self._feature_buffer[rows]
         extra = self.cache.get_seq_length() - keep
         if extra > 0:
             self.cache.crop(-extra)

@@ -32,8 +32,8 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "hf_pld": ("name", "draft_length", "max_ngram"),
     "sps": ("name", "drafter", "draft_length"),
     "hf_assisted": ("name", "drafter", "draft_length", "schedule", "confidence_threshold"),
-    "diffusion": ("name", "drafter", "steps", "cps", "adl", "draft_length", "proxy", "context_window"),
-    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy"),
+    "diffusion": ("name", "drafter", "steps", "cps", "adl", "draft_length", "proxy", "context_window", "tree"),
+    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy", "tree"),
 }
 METHOD_KINDS = tuple(METHOD_KEYS)
 NEEDS_DRAFTER = ("sps", "hf_assisted", "diffusion", "conditioned")
@@ -54,8 +54,8 @@ _METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class MethodSpec:
-    """One decoding method to measure. ``cps``/``adl`` are CPSConfig/ADLConfig keyword dicts, None switches them
-    off; with ``adl`` None the draft length is ``draft_length``."""
+    """One decoding method to measure. ``cps``/``adl``/``tree`` are CPSConfig/ADLConfig/TreeConfig keyword dicts,
+    None switches them off (``tree`` is off unless given); with ``adl`` None the draft length is ``draft_length``."""
 
     kind: str
     name: str
@@ -68,6 +68,7 @@ class MethodSpec:
     cps: dict[str, Any] | None = None
     adl: dict[str, Any] | None = None
     proxy: str | None = None
+    tree: dict[str, Any] | None = None
     schedule: str | None = None
     confidence_threshold: float | None = None
 
@@ -119,7 +120,7 @@ class MethodSpec:
         """The method's ``DecodeConfig``, built and validated once (the proxy LM is attached when its runner is
         built); None for methods without our speculative loop (ar, hf_*)."""
         if self.kind in LATTICE_KINDS:
-            settings = {"cps": self.cps, "adl": self.adl, "draft_length": self.draft_length}
+            settings = {"cps": self.cps, "adl": self.adl, "draft_length": self.draft_length, "tree": self.tree}
             return DecodeConfig.from_dict(settings, f"method {self.name!r}")
         if self.kind in ("pld", "sps"):
             return DecodeConfig(cps=None, adl=None, draft_length=self.draft_length or 1)

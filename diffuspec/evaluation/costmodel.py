@@ -147,7 +147,8 @@ def speedup_bound(tau: float, ar_step_s: float, round_time_s: float) -> float:
 
 def measured_profile(accepted: Sequence[int], path_lengths: Sequence[int]) -> list[float]:
     """Per-position acceptance rates from per-round records: position i's rate is the share of rounds that
-    accepted it among rounds that verified at least i tokens and accepted the first i - 1."""
+    accepted it among rounds that verified at least i tokens and accepted the first i - 1. For token trees pass
+    each round's depth (its deepest position), not its node count."""
     if len(accepted) != len(path_lengths):
         raise ValueError(f"{len(accepted)} accepted counts for {len(path_lengths)} path lengths")
     longest = max(path_lengths, default=0)

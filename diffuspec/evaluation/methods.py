@@ -37,11 +37,13 @@ from .config import EvalConfig, MethodSpec
 
 @dataclass
 class RoundLog:
-    """Per verifier round: draft tokens accepted, tokens verified after the path search, tokens drafted (k)."""
+    """Per verifier round: draft tokens accepted, tokens verified after the path search (a tree's nodes), tokens
+    drafted (k), and the deepest position verified (None: the path lengths, as for every chain)."""
 
     accepted: list[int]
     path_lengths: list[int]
     draft_lengths: list[int]
+    depths: list[int] | None = None
 
 
 @dataclass
@@ -84,7 +86,7 @@ class DecoderRunner:
         elapsed = time.perf_counter() - start
         s = out.stats
         split = {"draft": s.time_draft_s, "search": s.time_search_s, "verify": s.time_verify_s}
-        rounds = RoundLog(list(s.accepted), list(s.path_lengths), list(s.draft_lengths))
+        rounds = RoundLog(list(s.accepted), list(s.path_lengths), list(s.draft_lengths), list(s.depths))
         return RunOutput(out.sequences[0, ids.numel() :].tolist(), elapsed, rounds, split)
 
 

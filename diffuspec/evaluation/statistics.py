@@ -127,6 +127,7 @@ def summarise_method(
     accepted = [a for r in rows if r.accepted is not None for a in r.accepted]
     paths = [m for r in rows if r.path_lengths is not None for m in r.path_lengths]
     drafts = [k for r in rows if r.draft_lengths is not None for k in r.draft_lengths]
+    depths = [d for r in rows if r.path_lengths is not None for d in (r.depths or r.path_lengths)]
     histogram = Counter(accepted)
     own_mismatches = [m for m in mismatches if m["method"] == name]
     baseline_calls = {(b.repeat, b.prompt) for b in records if b.ok and b.method == baseline}
@@ -159,7 +160,7 @@ def summarise_method(
         "mismatches": len(own_mismatches),
         "failures": failures,
         "accepted_histogram": [histogram.get(i, 0) for i in range(max(accepted, default=-1) + 1)] if tau else None,
-        "acceptance_by_position": measured_profile(accepted, paths) if tau else None,
+        "acceptance_by_position": measured_profile(accepted, depths) if tau else None,
         "mean_draft_length": sum(drafts) / len(drafts) if drafts else None,  # k asked of the drafter
         "mean_path_length": sum(paths) / len(paths) if paths else None,  # tokens the verifier checked
         "time_split_s": split,

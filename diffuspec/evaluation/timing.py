@@ -38,6 +38,7 @@ class Record:
     accepted: list[int] | None = None
     path_lengths: list[int] | None = None
     draft_lengths: list[int] | None = None
+    depths: list[int] | None = None
     split: dict[str, float] | None = None
     peak_memory_bytes: int | None = None
     note: str | None = None
@@ -68,7 +69,7 @@ def run_once(runner: Runner, prompt: Prompt, repeat: int, max_new_tokens: int, t
     record.split = out.split
     if out.rounds is not None:
         record.accepted, record.path_lengths = out.rounds.accepted, out.rounds.path_lengths
-        record.draft_lengths = out.rounds.draft_lengths
+        record.draft_lengths, record.depths = out.rounds.draft_lengths, out.rounds.depths
     if device.type == "cuda":
         record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
     return record

@@ -66,7 +66,9 @@ def python_documents() -> list[Document]:
     """Every document with at least one prose paragraph, in a fixed order."""
     import pydoc_data.topics
 
-    documents = [Document(f"topic:{name}", _paragraphs(text)) for name, text in sorted(pydoc_data.topics.topics.items())]
+    documents = [
+        Document(f"topic:{name}", _paragraphs(text)) for name, text in sorted(pydoc_data.topics.topics.items())
+    ]
     root = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts

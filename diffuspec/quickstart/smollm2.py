@@ -160,7 +160,9 @@ def build_data(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> Non
 
 def chat_prompt_ids(tokenizer, text: str) -> list[int]:
     """One user turn through the chat template, with the generation prompt (as data generation encodes it)."""
-    templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False)
+    templated = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
     return tokenizer(templated, add_special_tokens=False).input_ids
 
 
@@ -181,7 +183,10 @@ def corpus_examples(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict
     for ids in tokenizer(texts, add_special_tokens=False).input_ids:
         stream.extend(ids + [tokenizer.eos_token_id])
     block = config.block_size
-    return [{"prompt_ids": stream[i : i + 1], "completion_ids": stream[i + 1 : i + block]} for i in range(0, len(stream) - block + 1, block)]
+    return [
+        {"prompt_ids": stream[i : i + 1], "completion_ids": stream[i + 1 : i + block]}
+        for i in range(0, len(stream) - block + 1, block)
+    ]
 
 
 def build_ar_drafter(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
@@ -214,7 +219,9 @@ def build_drafter_unaligned(config: SmolLM2Config, out: Path, inputs: dict[str, 
     from ..models.adapt import adapt_and_save
     from .stages import run_training
 
-    adapt_and_save(verifier_folder(inputs), out / "init", num_layers=config.drafter_layers, mask_token=config.mask_token)
+    adapt_and_save(
+        verifier_folder(inputs), out / "init", num_layers=config.drafter_layers, mask_token=config.mask_token
+    )
     write_jsonl(out / "corpus_examples.jsonl", corpus_examples(config, inputs))
     run_training(
         TRAIN_RECIPES / "config_pretrain.yaml",
@@ -368,7 +375,14 @@ STAGES = [
         "eval",
         ("verifier", "data", "ar_drafter", "drafter_unaligned", "proxy", "drafter_aligned", "drafter_conditioned"),
         build_eval,
-        ("spec_bench", "questions_per_task", "max_prompt_tokens", "max_new_tokens", "repeats", "draft_window",
-         "eval_threads"),
+        (
+            "spec_bench",
+            "questions_per_task",
+            "max_prompt_tokens",
+            "max_new_tokens",
+            "repeats",
+            "draft_window",
+            "eval_threads",
+        ),
     ),  # fmt: skip
 ]

@@ -215,6 +215,7 @@ def build_drafter_aligned(config: QuickstartConfig, out: Path, inputs: dict[str,
 # ---------------------------------------------------------------------------- evaluation
 
 ADL_TINY = {"k_min": 4, "k_max": 12, "delta": 4}  # the paper's 20..30 overshoots what a tiny drafter gets right
+TREE = {"max_nodes": 64, "max_children": 8}  # token trees of the *_tree methods (the *_tree_cost ones at most this)
 
 
 def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
@@ -234,10 +235,30 @@ def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict
     return quickstart_methods(inputs, window=config.draft_window, adl=ADL_TINY)
 
 
-def quickstart_methods(inputs: dict[str, Path], window: int | None, adl: dict[str, int]) -> list[dict]:
+def quickstart_methods(
+    inputs: dict[str, Path], window: int | None, adl: dict[str, int], tree: dict[str, int] = TREE
+) -> list[dict]:
     """The methods every quickstart times: plain decoding, the copy and AR peers, the unaligned and the aligned
-    diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders."""
+    diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders; the aligned
+    and the conditioned drafter also verify token trees, of ``tree``'s size (``*_tree``) and of the size the cost
+    model picks each round (``*_tree_cost``)."""
     proxy = str(inputs["proxy"] / "proxy.json")
+    conditioned = {
+        "kind": "conditioned",
+        "name": "dlm_conditioned",
+        "drafter": str(inputs["drafter_conditioned"] / "model"),
+        "cps": {"m_max": 8},
+        "proxy": proxy,
+        "adl": dict(adl),
+    }
+
+    def with_trees(method: dict) -> list[dict]:
+        name = method["name"]
+        return [
+            method,
+            {**method, "name": f"{name}_tree", "tree": dict(tree)},
+            {**method, "name": f"{name}_tree_cost", "tree": {**tree, "budget": "cost"}},
+        ]
 
     def dlm(name: str, stage: str, cps: bool, adl_on: bool) -> dict:
         return {
@@ -258,16 +279,9 @@ def quickstart_methods(inputs: dict[str, Path], window: int | None, adl: dict[st
         {"kind": "hf_pld"},
         {"kind": "hf_assisted"},
         dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl_on=True),
-        dlm("dlm_aligned", "drafter_aligned", cps=True, adl_on=True),
+        *with_trees(dlm("dlm_aligned", "drafter_aligned", cps=True, adl_on=True)),
         dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl_on=False),
-        {
-            "kind": "conditioned",
-            "name": "dlm_conditioned",
-            "drafter": str(inputs["drafter_conditioned"] / "model"),
-            "cps": {"m_max": 8},
-            "proxy": proxy,
-            "adl": dict(adl),
-        },
+        *with_trees(conditioned),
     ]
 
 
