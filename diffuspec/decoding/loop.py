@@ -2,8 +2,8 @@
 
 Each round drafts k slots, picks one path through the lattice, scores ``[pending] + path`` with one verifier
 pass and keeps the longest acceptable prefix plus the verifier's own token. With ``DecodeConfig.tree`` the round
-verifies a token tree around that path instead and keeps its deepest acceptable branch (``decoding.tree``). EOS and ``max_new_tokens`` are
-handled exactly as plain decoding handles them: the path is cut so a round can never overshoot the budget,
+verifies a token tree around that path instead and keeps its deepest acceptable branch (``decoding.tree``).
+EOS and ``max_new_tokens`` are handled exactly as plain decoding handles them: the path is cut so a round can never overshoot the budget,
 and generation stops at the first emitted EOS. With no drafter the same loop is plain decoding.
 """
 

@@ -263,10 +263,14 @@ class NodeBudget:
         """One round's tree, its accepted nodes, its draft + search and verify seconds."""
         if self.config.budget == "fixed":
             return
-        rho, taken = self.RHO, set(accepted)
+        taken = set(accepted)
         for rank in range(tree.size):
-            self.hits[rank] += rho * (float(rank in taken) - self.hits[rank])
-        old = self.verify_s.get(self.size)  # per budget: a short draft's smaller tree is part of its cost
-        self.verify_s[self.size] = verify_s if old is None else old + rho * (verify_s - old)
-        old = self.overhead_s
-        self.overhead_s = overhead_s if old is None else old + rho * (overhead_s - old)
+            self.hits[rank] = self._average(self.hits[rank], float(rank in taken))
+        # per budget: a short draft's smaller tree is part of its cost
+        self.verify_s[self.size] = self._average(self.verify_s.get(self.size), verify_s)
+        self.overhead_s = self._average(self.overhead_s, overhead_s)
+
+    @classmethod
+    def _average(cls, old: float | None, new: float) -> float:
+        """The moving average after observing ``new`` (the observation itself when there is none yet)."""
+        return new if old is None else old + cls.RHO * (new - old)
