@@ -339,3 +339,74 @@ def test_steady_cpu_allocator_applies_on_linux_and_is_recorded():
 
     assert steady_cpu_allocator() is sys.platform.startswith("linux")
     assert environment(torch.device("cpu"))["steady_cpu_allocator"] is sys.platform.startswith("linux")
+
+
+def test_a_killed_run_resumes_from_its_journal(folders, tmp_path, monkeypatch):
+    """A kill mid-run keeps every finished prompt group; the rerun measures only the rest and reports all of it."""
+    from diffuspec.evaluation import timing
+
+    methods = [{"kind": "ar"}, {"kind": "pld", "draft_length": 4}, all_methods(folders)[6]]
+    config = tiny_config(folders, tmp_path, methods=methods)
+    journal = tmp_path / "out" / "journal.jsonl"
+    real, calls = timing.run_once, []
+
+    def killed_after(limit: int):
+        def run_once(runner, prompt, repeat, *args):
+            if len(calls) == limit:
+                raise KeyboardInterrupt
+            calls.append((runner.name, repeat, prompt.index))
+            return real(runner, prompt, repeat, *args)
+
+        return run_once
+
+    warmups, group = 3, 3  # one warm-up call per method; three methods per prompt group
+    monkeypatch.setattr(timing, "run_once", killed_after(warmups + 4 * group + 1))  # in the fifth group
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(config)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 4  # the header and four whole groups; the cut fifth is not there
+    with journal.open("a") as f:
+        f.write('[{"method": "ar", "repe')  # a write the kill cut short is ignored
+
+    calls.clear()
+    monkeypatch.setattr(timing, "run_once", killed_after(-1))
+    assert evaluate(config) == 0
+    timed = [c for c in calls if c[1] >= 0]
+    assert len(timed) == (3 * 3 - 4) * group  # 3 repeats x 3 prompts, four groups already measured
+    assert {(r, p) for _, r, p in timed} == {(1, 1), (1, 2), (2, 0), (2, 1), (2, 2)}
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["lossless"] is True
+    assert len({m["new_tokens"] for m in results["methods"].values()}) == 1
+    assert all(len(m["speedup_per_repeat"]) == 3 for m in results["methods"].values())
+    assert not journal.exists()  # done: a rerun measures again
+
+
+def test_a_journal_of_another_recipe_is_started_over(tmp_path):
+    from diffuspec.evaluation.journal import Journal
+    from diffuspec.evaluation.timing import Record
+
+    path = tmp_path / "journal.jsonl"
+    first = Journal(path, "aaaa", log=lambda _: None)
+    first.add([Record("ar", 0, 0, "t", "q", 0, new_tokens=2, time_s=0.1, tokens=[4, 5])])
+    again = Journal(path, "aaaa", log=lambda _: None)
+    assert again.done[(0, 0)][0].tokens == [4, 5]
+    messages = []
+    other = Journal(path, "bbbb", log=messages.append)
+    assert other.done == {} and "starting over" in messages[0]
+    assert path.read_text().splitlines() == ['{"fingerprint": "bbbb"}']
+
+
+def test_tau_sweep_reports_every_methods_tau_untimed(folders, tmp_path, monkeypatch):
+    sweep = load_script("tau_sweep")
+    methods = [{"kind": "ar"}, {"kind": "pld", "draft_length": 4}, all_methods(folders)[6]]
+    recipe = tmp_path / "sweep.yaml"
+    values = {k: v for k, v in tiny_config(folders, tmp_path).to_dict().items() if k not in ("methods", "only")}
+    recipe.write_text(yaml.safe_dump({**values, "methods": methods, "output_dir": str(tmp_path / "sweep")}))
+    monkeypatch.setattr("sys.argv", ["tau_sweep", "--config", str(recipe)])
+    assert sweep.main() == 0
+    rows = json.loads((tmp_path / "sweep" / "tau.json").read_text())
+    assert rows["mismatches"] == 0 and rows["prompts"] == 3
+    assert rows["methods"]["ar"]["tau"] == 1.0
+    assert all(row["tau"] >= 1.0 and row["rounds"] > 0 for row in rows["methods"].values())
+    assert rows["methods"]["dlm_cps_adl"]["nodes"] > 0
+    assert not (tmp_path / "sweep" / "results.json").exists()  # no timed run

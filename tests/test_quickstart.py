@@ -38,6 +38,7 @@ def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
     for name in ("results.md",):
         assert (run_dir / "eval" / name).exists()
     assert list((run_dir / "eval").glob("*.png"))
+    assert not list(run_dir.glob(".*journal*"))  # the resume journal is gone once the stage has finished
     from diffuspec.quickstart.stages import heldout_loss
 
     losses = heldout_loss(run_dir, windows_count=4, length=16)

@@ -53,6 +53,16 @@ def test_presets_load_and_bad_settings_are_refused():
         load_pipeline("smollm2", {"repeats": 2})
 
 
+def test_the_preset_times_every_harness_method_and_no_tree(tmp_path):
+    config = load_pipeline("smollm2")[0]
+    inputs = {
+        name: tmp_path / name for name in ("proxy", "drafter_unaligned", "drafter_aligned", "drafter_conditioned")
+    }
+    names = [m.get("name", m["kind"]) for m in smollm2.eval_methods(config, inputs)]
+    assert names == ["ar", "hf_generate", "pld", "hf_pld", "hf_assisted", "dlm_unaligned", "dlm_aligned",
+                     "dlm_aligned_plain", "dlm_conditioned"]  # fmt: skip
+
+
 def test_the_eval_stage_without_spec_bench_names_the_setting(tmp_path):
     config = load_pipeline("smollm2")[0]
     with pytest.raises(ValueError, match="--set spec_bench=PATH/question.jsonl"):

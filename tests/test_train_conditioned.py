@@ -364,6 +364,25 @@ def test_the_slot_mask_comes_from_the_tokenizer_or_a_named_token(setup):
         slot_mask_id(tokenizer, None, "v")
 
 
+def test_an_adapted_drafter_keeps_its_mask_id(setup, tmp_path):
+    """A fine-tuned verifier's tokenizer may name no mask token: the drafter being adapted brings its own."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    root, base = setup[0], setup[1]
+    shutil.copytree(root / "verifier", tmp_path / "verifier")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "verifier")
+    tokenizer.mask_token = None
+    tokenizer.save_pretrained(tmp_path / "verifier")
+    common = dict(max_steps=1, batch_size=2, learning_rate=1e-3, drafter=base)
+    out = train_conditioned_drafter(tmp_path / "verifier", root / "dataset", tmp_path / "adapted", **common)
+    assert ConditionedDrafterModel.from_pretrained(out).config.mask_token_id == MASK
+    other = next(token for token, i in tokenizer.get_vocab().items() if i == 5)
+    with pytest.raises(ValueError, match=rf"mask_token '{other}' is id 5, but .* was trained with mask id {MASK}"):
+        train_conditioned_drafter(tmp_path / "verifier", root / "dataset", tmp_path / "x", mask_token=other, **common)
+
+
 # ---------------------------------------------------------------- LoRA: adapters train, a merged drafter is saved
 
 LORA_R = 4

@@ -167,6 +167,10 @@ class EvalConfig:
         default=None, metadata={"help": "torch CPU threads for the run (null: torch's default); recorded in env."}
     )
     progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+    resume: bool = field(
+        default=True,
+        metadata={"help": "Pick up a killed run from output_dir's journal.jsonl (same recipe and model files only)."},
+    )
 
     def __post_init__(self) -> None:
         if not self.verifier:

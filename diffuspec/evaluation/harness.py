@@ -15,26 +15,75 @@ from ..loading import load_causal_lm, resolve_local
 from .benchmarks import Prompt, build_prompts, load_questions
 from .config import EvalConfig
 from .environment import environment, peak_memory, steady_cpu_allocator
+from .journal import JOURNAL_FILE, Journal, recipe_fingerprint
 from .methods import check_inputs, load_runners, neutral_generation_config, stop_tokens
 from .report import print_summary, write_reports
 from .statistics import TAU_DEFINITION, summarise
 from .timing import Record, Runner, measure
 
 
-def evaluate(config: EvalConfig) -> int:
-    """Run a recipe end to end; returns the exit code (1 on a lossless mismatch or a failed call)."""
+def evaluate(config: EvalConfig, journal: str | Path | None = None) -> int:
+    """Run a recipe end to end; returns the exit code (1 on a lossless mismatch or a failed call). With
+    ``config.resume`` the finished calls are journalled (``journal``, default ``output_dir/journal.jsonl``), so a
+    killed run picks up where it stopped; the journal is removed once the reports are written."""
     if resolve_device(config.device).type == "cpu":  # before any model loads or any timing
         steady_cpu_allocator()
     previous_threads = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _evaluate(config)
+        return _evaluate(config, Path(journal or Path(config.output_dir) / JOURNAL_FILE))
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _evaluate(config: EvalConfig) -> int:
+def _evaluate(config: EvalConfig, journal_path: Path) -> int:
+    prompts, runners = prepare(config)
+    journal = None
+    if config.resume:
+        models = [config.verifier, config.ar_drafter, *(p for m in config.methods for p in (m.drafter, m.proxy))]
+        journal = Journal(journal_path, recipe_fingerprint(config.to_dict(), [m for m in models if m]))
+    records = measure(
+        prompts,
+        runners,
+        repeats=config.repeats,
+        warmup=config.warmup,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
+        progress=config.progress,
+        journal=journal,
+    )
+    benchmark = {
+        "kind": config.benchmark,
+        "path": config.benchmark_path,
+        "turns": config.turns,
+        "chat_template": config.chat_template,
+        "max_prompt_tokens": config.max_prompt_tokens,
+    }
+    code = report_run(
+        records,
+        prompts,
+        runners,
+        repeats=config.repeats,
+        warmup=config.warmup,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        verifier=config.verifier,
+        benchmark=benchmark,
+        output_dir=config.output_dir,
+        model_card=config.model_card,
+        config=config.to_dict(),
+    )
+    if journal is not None:
+        journal.remove()
+    return code
+
+
+def prepare(config: EvalConfig) -> tuple[list[Prompt], list[Runner]]:
+    """Check the recipe's inputs, load the models once and build the prompts and runners (the baseline first).
+    A later turn follows the baseline's greedy answer to the previous one. Shared by ``evaluate`` and by the
+    untimed tau sweeps of ``eval/tau_sweep.py``."""
     from transformers import AutoTokenizer
 
     # ---- inputs that can fail before any model loads
@@ -55,7 +104,7 @@ def _evaluate(config: EvalConfig) -> int:
     runners = load_runners(config, verifier, eos, pad_token_id, device)
     baseline = runners[0]
 
-    # ---- prompts (a later turn follows the verifier's greedy answer to the previous one)
+    # ---- prompts
     def answer(ids: list[int]) -> list[int]:
         return baseline(torch.tensor(ids), config.max_new_tokens, 0.0, config.seed).tokens
 
@@ -67,41 +116,7 @@ def _evaluate(config: EvalConfig) -> int:
         max_prompt_tokens=config.max_prompt_tokens,
         answer=answer,
     )
-
-    # ---- measure
-    records = measure(
-        prompts,
-        runners,
-        repeats=config.repeats,
-        warmup=config.warmup,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        seed=config.seed,
-        progress=config.progress,
-    )
-
-    # ---- report
-    benchmark = {
-        "kind": config.benchmark,
-        "path": config.benchmark_path,
-        "turns": config.turns,
-        "chat_template": config.chat_template,
-        "max_prompt_tokens": config.max_prompt_tokens,
-    }
-    return report_run(
-        records,
-        prompts,
-        runners,
-        repeats=config.repeats,
-        warmup=config.warmup,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        verifier=config.verifier,
-        benchmark=benchmark,
-        output_dir=config.output_dir,
-        model_card=config.model_card,
-        config=config.to_dict(),
-    )
+    return prompts, runners
 
 
 def report_run(

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .benchmarks import Prompt
 from .methods import DecoderRunner, HFRunner
+
+if TYPE_CHECKING:
+    from .journal import Journal
 
 Runner = DecoderRunner | HFRunner
 
@@ -85,8 +88,10 @@ def measure(
     temperature: float = 0.0,
     seed: int = 0,
     progress: bool = True,
+    journal: Journal | None = None,
 ) -> list[Record]:
-    """Warm up every method, then time ``repeats`` interleaved passes over all prompts and methods."""
+    """Warm up every method, then time ``repeats`` interleaved passes over all prompts and methods. With a
+    ``journal``, each prompt's group of calls is appended to it as it ends, and groups it holds are not rerun."""
     from tqdm.auto import tqdm
 
     if not prompts or not runners:
@@ -100,13 +105,21 @@ def measure(
     bar = tqdm(total=repeats * len(prompts) * len(runners), desc="eval", disable=not progress, unit="gen")
     for repeat in range(repeats):
         for prompt in prompts:
+            if journal is not None and (repeat, prompt.index) in journal.done:
+                records.extend(journal.done[(repeat, prompt.index)])
+                bar.update(len(runners))
+                continue
             shift = (repeat + prompt.index) % len(runners)
             call_seed = seed + repeat * len(prompts) + prompt.index  # same seed for every method on this call
+            group = []
             for runner in [*runners[shift:], *runners[:shift]]:
                 record = run_once(runner, prompt, repeat, max_new_tokens, temperature, call_seed)
                 if record.error is not None:
                     bar.write(f"{runner.name}: prompt {prompt.index} ({prompt.task}) failed: {record.error}")
-                records.append(record)
+                group.append(record)
                 bar.update()
+            if journal is not None:
+                journal.add(group)
+            records.extend(group)
     bar.close()
     return records

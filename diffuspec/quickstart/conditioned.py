@@ -11,6 +11,8 @@ LEARNING_RATE = 3e-3
 DECAY_GAMMA = 4.0  # DFlash's position decay, scaled to the short block: later slots are rarely reached
 ANCHORS = 8  # blocks per sequence: the verifier's features of a batch serve several blocks for one pass
 KL_WEIGHT = 1.0  # forward KL to the verifier's own distributions (its logits come with the features)
+RECIPE = {"learning_rate": LEARNING_RATE, "anchors_per_sequence": ANCHORS, "decay_gamma": DECAY_GAMMA,
+          "kl_weight": KL_WEIGHT}  # fmt: skip
 
 
 def build_drafter_conditioned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
@@ -26,9 +28,6 @@ def build_drafter_conditioned(config: QuickstartConfig, out: Path, inputs: dict[
         block_size=BLOCK_SIZE,
         max_steps=config.conditioned_steps,
         batch_size=config.batch_size,
-        learning_rate=LEARNING_RATE,
-        anchors_per_sequence=ANCHORS,
-        decay_gamma=DECAY_GAMMA,
-        kl_weight=KL_WEIGHT,
         seed=config.seed,
+        **RECIPE,
     )

@@ -31,6 +31,7 @@ RECIPE = RECIPES / "smollm2-135m-cpu" / "quickstart.yaml"
 TRAIN_RECIPES = RECIPES / "smollm2-135m-cpu" / "train"
 ADL = {"k_min": 4, "k_max": 12, "delta": 4}  # a one- or two-layer drafter rarely gets 20 slots right
 CONDITIONED_BLOCK = 12  # ADL's k_max: every draft length it asks for fits the block
+CONDITIONED_RECIPE = {"learning_rate": 1e-3, "anchors_per_sequence": 8, "decay_gamma": 4.0, "streak_weight": 1.0}
 
 
 @dataclass
@@ -300,14 +301,11 @@ def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str
         block_size=CONDITIONED_BLOCK,
         max_steps=config.conditioned_steps,
         batch_size=config.batch_size,
-        learning_rate=1e-3,
-        anchors_per_sequence=8,
-        decay_gamma=4.0,
-        streak_weight=1.0,
         seed=config.seed,
         feature_layers=layers,
         mask_token=config.mask_token,
         features_path=out / "features",
+        **CONDITIONED_RECIPE,
     )
 
 
@@ -317,7 +315,9 @@ def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str
 def eval_methods(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
     from .stages import quickstart_methods
 
-    return quickstart_methods(inputs, window=config.draft_window, adl=ADL)
+    # No tree methods: at 128 nodes each costs about three plain-decoding runs here, and the preset's evaluation is
+    # hours already; eval/config_trees.yaml compares them on the same stage outputs.
+    return quickstart_methods(inputs, window=config.draft_window, adl=ADL, tree=None)
 
 
 def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:

@@ -236,12 +236,12 @@ def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict
 
 
 def quickstart_methods(
-    inputs: dict[str, Path], window: int | None, adl: dict[str, int], tree: dict[str, int] = TREE
+    inputs: dict[str, Path], window: int | None, adl: dict[str, int], tree: dict[str, int] | None = TREE
 ) -> list[dict]:
     """The methods every quickstart times: plain decoding, the copy and AR peers, the unaligned and the aligned
     diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders; the aligned
     and the conditioned drafter also verify token trees, of ``tree``'s size (``*_tree``) and of the size the cost
-    model picks each round (``*_tree_cost``)."""
+    model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out."""
     proxy = str(inputs["proxy"] / "proxy.json")
     conditioned = {
         "kind": "conditioned",
@@ -254,6 +254,8 @@ def quickstart_methods(
 
     def with_trees(method: dict) -> list[dict]:
         name = method["name"]
+        if tree is None:
+            return [method]
         return [
             method,
             {**method, "name": f"{name}_tree", "tree": dict(tree)},
@@ -307,9 +309,10 @@ def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> 
 
 def run_evaluation(out: Path, **settings) -> None:
     """A quickstart's evaluation stage: ``EvalConfig(**settings)`` in float32 on the CPU after one warm-up call,
-    written to ``out``; a lossless mismatch or a failed call fails the stage."""
+    written to ``out``; a lossless mismatch or a failed call fails the stage. Its resume journal lives beside the
+    stage folders (``out`` is a temporary folder until the stage ends), so a killed evaluation picks up."""
     from ..evaluation import EvalConfig, evaluate
 
     config = EvalConfig(dtype="float32", device="cpu", warmup=1, output_dir=str(out), **settings)
-    if evaluate(config) != 0:
+    if evaluate(config, journal=out.parent / ".eval.journal.jsonl") != 0:
         raise RuntimeError(f"the evaluation failed (a lossless mismatch or a failed call); see {out / 'results.md'}")

@@ -170,14 +170,22 @@ def run_conditioned_training(
     check_examples(dataset, f"dataset_path {data_args.dataset_path}")
     verifier_path = resolve_local(model_args.verifier_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
-    mask_token_id = slot_mask_id(tokenizer, model_args.mask_token, model_args.verifier_name_or_path)
     verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
     if model_args.drafter_name_or_path is not None:
-        # a diffuspec drafter or a DFlash checkpoint, adapted to this verifier: shapes must fit, the name may differ
+        # a diffuspec drafter or a DFlash checkpoint, adapted to this verifier: shapes must fit, the name may differ;
+        # its slots keep the mask id it was trained with (a fine-tuned verifier's tokenizer may name no mask token)
         model = load_conditioned_model(model_args.drafter_name_or_path)
+        if model_args.mask_token is not None:
+            wanted = slot_mask_id(tokenizer, model_args.mask_token, model_args.verifier_name_or_path)
+            if wanted != model.config.mask_token_id:
+                raise ValueError(
+                    f"mask_token {model_args.mask_token!r} is id {wanted}, but {model_args.drafter_name_or_path} "
+                    f"was trained with mask id {model.config.mask_token_id}; leave mask_token unset to keep it"
+                )
         model.attach_verifier(verifier, check_name=False)
         model.config.verifier_name = model_args.verifier_name_or_path
     else:
+        mask_token_id = slot_mask_id(tokenizer, model_args.mask_token, model_args.verifier_name_or_path)
         config = ConditionedDrafterConfig.for_verifier(
             verifier.config,
             mask_token_id=mask_token_id,
