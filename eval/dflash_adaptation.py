@@ -82,12 +82,15 @@ def tiny_scenario(run: Path) -> Scenario:
 def smollm2_scenario(run: Path) -> Scenario:
     verifier = run / "verifier" / "model"
     train_files, heldout_files = split_files(stdlib_files(1_500_000), 0.1)
-    read = [p.read_text(encoding="utf-8", errors="replace") for p in train_files]
+
+    def texts(files: list[Path]) -> list[str]:
+        return [p.read_text(encoding="utf-8", errors="replace") for p in files]
+
     heldout = read_jsonl(run / "data" / "heldout_prompt_ids.jsonl")
     return Scenario(
         home="chat", shifted="code", verifier=verifier, drafter=run / "drafter_conditioned" / "model",
-        tokenizer=AutoTokenizer.from_pretrained(verifier), shifted_train=read,
-        shifted_heldout=[p.read_text(encoding="utf-8", errors="replace") for p in heldout_files],
+        tokenizer=AutoTokenizer.from_pretrained(verifier), shifted_train=texts(train_files),
+        shifted_heldout=texts(heldout_files),
         home_prompts=[row["prompt_ids"] for _, row in heldout], finetune_batch=4, finetune_lr=1e-4, adapt_batch=8,
         recipe=smollm2.CONDITIONED_RECIPE, offline_features=True,
         defaults={"finetune_steps": 80, "adapt_steps": 150, "data_prompts": 200, "eval_prompts": 8},

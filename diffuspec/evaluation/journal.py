@@ -46,7 +46,6 @@ class Journal:
 
     def __init__(self, path: str | os.PathLike, fingerprint: str, log=print) -> None:
         self.path = Path(path)
-        self.fingerprint = fingerprint
         self.done: dict[tuple[int, int], list[Record]] = {}
         lines = self.path.read_text().splitlines() if self.path.is_file() else []
         if lines and _header(lines[0]) == fingerprint:
