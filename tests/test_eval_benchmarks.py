@@ -70,6 +70,19 @@ def test_jsonl_prompts(tmp_path):
         load_jsonl(path)
 
 
+def test_jsonl_token_id_prompts_are_used_as_they_are(tmp_path):
+    path = tmp_path / "ids.jsonl"
+    path.write_text(json.dumps({"prompt_ids": [5, 6, 7]}) + "\n" + json.dumps({"prompt": "ab"}) + "\n")
+    questions = load_jsonl(path)
+    assert questions[0].ids == [5, 6, 7] and questions[1].turns == ["ab"]
+    prompts = build_prompts(questions[:1], CharTokenizer(), chat_template=True)
+    assert prompts[0].ids == [5, 6, 7]  # no template laid over ids that already carry one
+    for bad in ([], [1, -2], "12"):
+        path.write_text(json.dumps({"prompt_ids": bad}) + "\n")
+        with pytest.raises(ValueError, match=r"ids.jsonl:1: 'prompt_ids' must be a non-empty list"):
+            load_jsonl(path)
+
+
 def test_text_dir_windows(tmp_path):
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "a.txt").write_text("0123456789")  # 10 chars -> windows 0-3, 4-7; tail dropped

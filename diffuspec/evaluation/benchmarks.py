@@ -111,15 +111,23 @@ def load_spec_bench(
 
 
 def load_jsonl(path: str | Path, tasks: Sequence[str] | None = None, per_task: int | None = None) -> list[Question]:
-    """Rows ``{"prompt": ...}`` or ``{"text": ...}`` with an optional ``"task"`` (default ``'default'``)."""
+    """Rows ``{"prompt": ...}`` or ``{"text": ...}``, or ``{"prompt_ids": [...]}`` (token ids used as they are, as
+    the data generator's held-out prompts are stored), with an optional ``"task"`` (default ``'default'``)."""
     path = _require_file(path, "prompt file")
     questions = []
     for number, row in _read_jsonl(path):
+        task = str(row.get("task", DEFAULT_TASK))
+        qid = str(row.get("id", f"{path.name}:{number}"))
+        if "prompt_ids" in row:
+            ids = row["prompt_ids"]
+            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and t >= 0 for t in ids):
+                raise ValueError(f"{path}:{number}: 'prompt_ids' must be a non-empty list of token ids")
+            questions.append(Question(task, qid, task, ids=ids))
+            continue
         text = row.get("prompt", row.get("text"))
         if not isinstance(text, str) or not text:
-            raise ValueError(f"{path}:{number}: a prompt row needs a non-empty 'prompt' or 'text' string")
-        task = str(row.get("task", DEFAULT_TASK))
-        questions.append(Question(task, str(row.get("id", f"{path.name}:{number}")), task, [text]))
+            raise ValueError(f"{path}:{number}: a prompt row needs a non-empty 'prompt' or 'text' string, or 'prompt_ids'")
+        questions.append(Question(task, qid, task, [text]))
     return _select(questions, tasks, per_task, str(path))
 
 
