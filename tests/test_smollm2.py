@@ -55,12 +55,34 @@ def test_presets_load_and_bad_settings_are_refused():
 
 def test_the_preset_times_every_harness_method_and_no_tree(tmp_path):
     config = load_pipeline("smollm2")[0]
-    inputs = {
-        name: tmp_path / name for name in ("proxy", "drafter_unaligned", "drafter_aligned", "drafter_conditioned")
-    }
-    names = [m.get("name", m["kind"]) for m in smollm2.eval_methods(config, inputs)]
+    stages = ("proxy", "draft_vocab", "drafter_unaligned", "drafter_aligned", "drafter_conditioned")
+    inputs = {name: tmp_path / name for name in stages}
+    methods = smollm2.eval_methods(config, inputs)
+    names = [m.get("name", m["kind"]) for m in methods]
     assert names == ["ar", "hf_generate", "pld", "hf_pld", "hf_assisted", "dlm_unaligned", "dlm_aligned",
                      "dlm_aligned_plain", "dlm_conditioned"]  # fmt: skip
+    vocab = str(tmp_path / "draft_vocab" / "draft_vocab.json")
+    assert [m.get("draft_vocab") for m in methods] == [None] * 5 + [vocab] * 4  # every lattice drafter
+    no_vocab = load_pipeline("smollm2", {"draft_vocab_size": 0})[0]
+    assert all("draft_vocab" not in m for m in smollm2.eval_methods(no_vocab, inputs))
+
+
+def test_the_draft_vocabulary_stage_keeps_eos_and_drops_the_mask(tmp_path, monkeypatch):
+    from diffuspec.drafters.vocabulary import DraftVocabulary
+
+    config = load_pipeline("smollm2", {"draft_vocab_size": 6})[0]
+    answers = [[5, 5, 5, 9, 9, 16, 16, 16, 16], [7, 9]]
+    monkeypatch.setattr(smollm2, "corpus_examples", lambda config, inputs: [{"prompt_ids": [4], "completion_ids": [4]}])
+    monkeypatch.setattr("datasets.load_from_disk", lambda path: {"completion_ids": answers})
+    monkeypatch.setattr("diffuspec.eos.folder_eos_ids", lambda folder: (2,))
+    monkeypatch.setattr("diffuspec.loading.config_vocab_size", lambda folder: 32)
+    monkeypatch.setattr(
+        "diffuspec.loading.load_tokenizer",
+        lambda folder: type("T", (), {"convert_tokens_to_ids": staticmethod(lambda token: 16)}),
+    )
+    smollm2.build_draft_vocab(config, tmp_path, {"verifier": tmp_path, "data": tmp_path, "corpus": tmp_path})
+    vocab = DraftVocabulary.load(tmp_path / "draft_vocab.json")
+    assert vocab.ids.tolist() == [0, 2, 4, 5, 7, 9] and vocab.vocab_size == 32  # EOS 2 kept, mask 16 dropped
 
 
 def test_the_eval_stage_without_spec_bench_names_the_setting(tmp_path):

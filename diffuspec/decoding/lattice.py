@@ -26,15 +26,33 @@ class Lattice:
         return int(self.ids.shape[0])
 
     @classmethod
-    def from_logprobs(cls, logprobs: torch.Tensor, width: int, eos_token_ids: Sequence[int] = ()) -> Lattice:
-        """Build from full per-slot log-probs ``[k, V]``; keeps the ``width`` best ids per slot."""
+    def from_logprobs(
+        cls,
+        logprobs: torch.Tensor,
+        width: int,
+        eos_token_ids: Sequence[int] = (),
+        token_ids: torch.Tensor | None = None,
+    ) -> Lattice:
+        """Build from per-slot log-probs ``[k, C]``; keeps the ``width`` best ids per slot. Column j is token j, or
+        ``token_ids[j]`` when the drafter scores a subset of the vocabulary (ascending ids; an EOS id outside it
+        gets log-prob -inf)."""
         if logprobs.dim() != 2:
             raise ValueError(f"logprobs must be [k, V], got shape {tuple(logprobs.shape)}")
         logprobs = logprobs.float()
         width = min(width, logprobs.shape[-1])
-        values, ids = torch.topk(logprobs, width, dim=-1)  # sorted, best first
+        values, columns = torch.topk(logprobs, width, dim=-1)  # sorted, best first
         eos = tuple(int(e) for e in eos_token_ids)
-        eos_lp = logprobs[:, list(eos)] if eos else logprobs.new_zeros((logprobs.shape[0], 0))
+        if token_ids is None:
+            ids = columns
+            eos_lp = logprobs[:, list(eos)] if eos else logprobs.new_zeros((logprobs.shape[0], 0))
+        else:
+            token_ids = token_ids.to(columns.device)
+            ids = token_ids[columns]
+            eos_lp = logprobs.new_full((logprobs.shape[0], len(eos)), float("-inf"))
+            for j, e in enumerate(eos):
+                column = int(torch.searchsorted(token_ids, e))
+                if column < token_ids.numel() and int(token_ids[column]) == e:
+                    eos_lp[:, j] = logprobs[:, column]
         return cls(ids=ids, logprobs=values, eos_logprobs=eos_lp, eos_token_ids=eos, draft=ids[:, 0].clone())
 
     @classmethod

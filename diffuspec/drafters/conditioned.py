@@ -8,6 +8,7 @@ per committed token but the newest (``[n - 1, F]``). Each round it
 3. runs one block ``[ids[-1]] + block_size`` masks over the memory and returns the first k slots as a lattice.
 
 So the work of a round grows with the new rows and the block, not with the prefix (attention reads aside).
+``vocabulary`` scores the block with the rows of a :class:`~diffuspec.drafters.vocabulary.DraftVocabulary` only.
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
 from ..loading import load_conditioned_model
 from ..models.conditioned import ConditionedDrafterModel, ContextMemory
+from .vocabulary import DraftVocabulary
 
 
 class ConditionedDrafter(Drafter):
-    def __init__(self, model: ConditionedDrafterModel, verifier_model: PreTrainedModel | None = None) -> None:
+    def __init__(
+        self,
+        model: ConditionedDrafterModel,
+        verifier_model: PreTrainedModel | None = None,
+        vocabulary: DraftVocabulary | None = None,
+    ) -> None:
         """``verifier_model`` lends its embedding and LM head (after a compatibility check); it may be omitted
         when ``model`` already has them attached."""
         self.model = model.eval()
@@ -40,6 +47,17 @@ class ConditionedDrafter(Drafter):
         self.vocab_size = int(config.vocab_size)
         self.block_size = int(config.block_size)
         self.mask_token_id = int(config.mask_token_id)
+        self.vocabulary = vocabulary
+        self._head_rows = None
+        if vocabulary is not None:
+            if vocabulary.vocab_size != self.vocab_size:
+                raise ValueError(
+                    f"the draft vocabulary indexes {vocabulary.vocab_size} ids, the drafter has {self.vocab_size}"
+                )
+            if bool((vocabulary.ids == self.mask_token_id).any()):
+                raise ValueError(f"the draft vocabulary holds the mask token {self.mask_token_id}, never a draft")
+            head = model.verifier_head
+            self._head_rows = vocabulary.head(head.weight, head.bias)
         self.reset()
 
     @classmethod
@@ -51,6 +69,7 @@ class ConditionedDrafter(Drafter):
         check_name: bool = True,
         dtype: torch.dtype | str | None = None,
         device_map: str | dict | None = None,
+        vocabulary: DraftVocabulary | None = None,
     ) -> ConditionedDrafter:
         """Load a saved drafter (diffuspec's format or a DFlash checkpoint) and attach ``verifier_model``'s
         embedding and LM head.
@@ -59,7 +78,7 @@ class ConditionedDrafter(Drafter):
         ``check_name``, name differs from the drafter's record, or that lacks one of its feature layers."""
         model = load_conditioned_model(path, dtype=dtype, device_map=device_map)
         model.attach_verifier(verifier_model, check_name=check_name)
-        return cls(model)
+        return cls(model, vocabulary=vocabulary)
 
     def reset(self) -> None:
         self.memory: ContextMemory = self.model.new_memory()
@@ -101,7 +120,9 @@ class ConditionedDrafter(Drafter):
             )
         ids = request.ids.cpu().long()
         self._sync_memory(ids, request.features)
-        logits = self.model.draft(self.memory, ids[-1:])[0, : request.k].float()  # [k, V]
-        logits[:, self.mask_token_id] = float("-inf")  # the mask token is an input marker, never a draft
+        logits = self.model.draft(self.memory, ids[-1:], self._head_rows)[0, : request.k].float()  # [k, V or S]
+        if self.vocabulary is None:
+            logits[:, self.mask_token_id] = float("-inf")  # the mask token is an input marker, never a draft
         logprobs = torch.log_softmax(logits, dim=-1)
-        return Lattice.from_logprobs(logprobs.cpu(), request.width, request.eos_token_ids)
+        token_ids = None if self.vocabulary is None else self.vocabulary.ids
+        return Lattice.from_logprobs(logprobs.cpu(), request.width, request.eos_token_ids, token_ids)

@@ -9,6 +9,10 @@ committed slots become point masses in the final lattice.
 prefix attends to the masks), so each pass costs O(prefix); on small verifiers, where one verifier step is
 cheap, a bounded window keeps the draft affordable. RoPE attention depends only on relative positions, so
 a window sees the same local geometry as the full prefix.
+
+``vocabulary`` (a :class:`~diffuspec.drafters.vocabulary.DraftVocabulary`) scores only a subset of the ids: the
+decoder's final states go through those rows of the LM head alone, which is most of a small drafter's cost when the
+vocabulary is large.
 """
 
 from __future__ import annotations
@@ -17,11 +21,16 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
 from ..loading import load_diffusion_model
+from .vocabulary import DraftVocabulary
+
+# Config fields that change logits after the LM head; a draft vocabulary computes the head itself, so it refuses them.
+HEAD_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier")
 
 
 def check_bidirectional(model: PreTrainedModel) -> None:
@@ -48,6 +57,7 @@ class DiffusionDrafter(Drafter):
         steps: int = 1,
         context_window: int | None = None,
         check_attention: bool = True,
+        vocabulary: DraftVocabulary | None = None,
     ) -> None:
         self.model = model.eval()
         self.vocab_size = int(model.config.get_text_config().vocab_size)
@@ -63,6 +73,22 @@ class DiffusionDrafter(Drafter):
         self.shifted = bool(shifted)
         self.steps = int(steps)
         self.context_window = context_window
+        self.vocabulary = vocabulary
+        self._head = None if vocabulary is None else self._vocabulary_head(vocabulary)
+
+    def _vocabulary_head(self, vocabulary: DraftVocabulary) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if vocabulary.vocab_size != self.vocab_size:
+            raise ValueError(
+                f"the draft vocabulary indexes {vocabulary.vocab_size} ids, the drafter has {self.vocab_size}"
+            )
+        if bool((vocabulary.ids == self.mask_token_id).any()):
+            raise ValueError(f"the draft vocabulary holds the mask token {self.mask_token_id}, which is never drafted")
+        text_config = self.model.config.get_text_config()
+        changed = [k for k in HEAD_POSTPROCESSING if getattr(text_config, k, None) not in (None, 1.0)]
+        if changed:
+            raise ValueError(f"a draft vocabulary needs a plain LM head; this model post-processes logits ({changed})")
+        head = self.model.get_output_embeddings()
+        return vocabulary.head(head.weight, head.bias)
 
     @classmethod
     def from_pretrained(
@@ -71,6 +97,7 @@ class DiffusionDrafter(Drafter):
         steps: int = 1,
         context_window: int | None = None,
         quantization: str | None = None,
+        vocabulary: DraftVocabulary | None = None,
         **load_kwargs,
     ) -> DiffusionDrafter:
         """Load a Dream, LLaDA or diffuspec drafter; mask id and shift convention come from the checkpoint.
@@ -78,7 +105,9 @@ class DiffusionDrafter(Drafter):
         ``quantization="8bit"`` / ``"4bit"`` loads the weights through bitsandbytes (see ``load_diffusion_model``).
         """
         model, mask_token_id, shifted = load_diffusion_model(path, quantization=quantization, **load_kwargs)
-        return cls(model, mask_token_id=mask_token_id, shifted=shifted, steps=steps, context_window=context_window)
+        return cls(
+            model, mask_token_id, shifted=shifted, steps=steps, context_window=context_window, vocabulary=vocabulary
+        )
 
     def max_length(self) -> int | None:
         if self.context_window is not None:
@@ -86,12 +115,18 @@ class DiffusionDrafter(Drafter):
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
 
     def _slot_logprobs(self, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
-        """One pass over x [n + k]; log-probs [k, V] of the k slots, the mask token excluded."""
+        """One pass over x [n + k]; log-probs [k, C] of the k slots over the C scored ids (the whole vocabulary but
+        the mask token, or the draft vocabulary)."""
         keep = k + 1 if self.shifted else k
-        logits = self.model(input_ids=x[None], logits_to_keep=keep).logits[0]
+        if self._head is None:
+            logits = self.model(input_ids=x[None], logits_to_keep=keep).logits[0]
+        else:
+            states = self.model.get_decoder()(input_ids=x[None]).last_hidden_state[0, -keep:]
+            logits = F.linear(states, *self._head)
         rows = logits[:-1] if self.shifted else logits  # slot s reads row s - 1 (shifted) or row s
         rows = rows.float()
-        rows[:, self.mask_token_id] = float("-inf")
+        if self._head is None:
+            rows[:, self.mask_token_id] = float("-inf")
         return torch.log_softmax(rows, dim=-1)
 
     @torch.inference_mode()
@@ -101,6 +136,7 @@ class DiffusionDrafter(Drafter):
         device = self.model.device
         x = torch.cat([ids.to(device), torch.full((k,), self.mask_token_id, device=device)])
         committed = torch.zeros(k, dtype=torch.bool, device=x.device)
+        columns = torch.zeros(k, dtype=torch.long, device=x.device)  # the committed slots' columns of logprobs
         per_step = math.ceil(k / self.steps)
         for step in range(self.steps):
             logprobs = self._slot_logprobs(x, n, k)
@@ -109,10 +145,11 @@ class DiffusionDrafter(Drafter):
             confidence, best = logprobs.max(dim=-1)
             confidence[committed] = float("-inf")
             chosen = torch.topk(confidence, min(per_step, int((~committed).sum()) - 1)).indices
-            x[n + chosen] = best[chosen]
+            x[n + chosen] = best[chosen] if self.vocabulary is None else self.vocabulary.ids.to(device)[best[chosen]]
+            columns[chosen] = best[chosen]
             committed[chosen] = True
         if committed.any():  # committed slots are point masses on their token
-            tokens = x[n:][committed]
             logprobs[committed] = float("-inf")
-            logprobs[committed.nonzero()[:, 0], tokens] = 0.0
-        return Lattice.from_logprobs(logprobs.cpu(), request.width, request.eos_token_ids)
+            logprobs[committed.nonzero()[:, 0], columns[committed]] = 0.0
+        token_ids = None if self.vocabulary is None else self.vocabulary.ids
+        return Lattice.from_logprobs(logprobs.cpu(), request.width, request.eos_token_ids, token_ids)

@@ -32,8 +32,19 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "hf_pld": ("name", "draft_length", "max_ngram"),
     "sps": ("name", "drafter", "draft_length"),
     "hf_assisted": ("name", "drafter", "draft_length", "schedule", "confidence_threshold"),
-    "diffusion": ("name", "drafter", "steps", "cps", "adl", "draft_length", "proxy", "context_window", "tree"),
-    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy", "tree"),
+    "diffusion": (
+        "name",
+        "drafter",
+        "steps",
+        "cps",
+        "adl",
+        "draft_length",
+        "proxy",
+        "context_window",
+        "tree",
+        "draft_vocab",
+    ),
+    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy", "tree", "draft_vocab"),
 }
 METHOD_KINDS = tuple(METHOD_KEYS)
 NEEDS_DRAFTER = ("sps", "hf_assisted", "diffusion", "conditioned")
@@ -69,6 +80,7 @@ class MethodSpec:
     adl: dict[str, Any] | None = None
     proxy: str | None = None
     tree: dict[str, Any] | None = None
+    draft_vocab: str | None = None  # a DraftVocabulary file: the drafter's head scores those ids only
     schedule: str | None = None
     confidence_threshold: float | None = None
 

@@ -29,6 +29,7 @@ from ..drafters.autoregressive import AutoregressiveDrafter
 from ..drafters.conditioned import ConditionedDrafter
 from ..drafters.diffusion import DiffusionDrafter
 from ..drafters.prompt_lookup import PromptLookupDrafter
+from ..drafters.vocabulary import DraftVocabulary
 from ..eos import model_eos_ids, pad_token_id
 from ..loading import config_vocab_size, has_tokenizer, load_causal_lm, load_diffusion_model, resolve_local
 from ..models.tokenizers import check_tokenizers_compatible
@@ -199,6 +200,14 @@ def check_inputs(config: EvalConfig) -> None:
     for spec in config.methods:
         if spec.proxy is not None and not Path(spec.proxy).is_file():
             raise FileNotFoundError(f"method {spec.name!r}: proxy file {spec.proxy} does not exist")
+        if spec.draft_vocab is not None:
+            vocabulary = DraftVocabulary.load(spec.draft_vocab)
+            verifier_size = config_vocab_size(resolve_local(config.verifier))
+            if vocabulary.vocab_size != verifier_size:
+                raise ValueError(
+                    f"method {spec.name!r}: draft vocabulary {spec.draft_vocab} indexes {vocabulary.vocab_size} ids, "
+                    f"the verifier has {verifier_size}"
+                )
         if spec.drafter is not None:
             check_drafter_compatible(config.verifier, spec.drafter)
 
@@ -252,12 +261,21 @@ def build_runner(
     if spec.kind == "diffusion":
         model, mask_token_id, shifted = diffusion
         drafter = DiffusionDrafter(
-            model, mask_token_id=mask_token_id, shifted=shifted, steps=spec.steps, context_window=spec.context_window
+            model,
+            mask_token_id=mask_token_id,
+            shifted=shifted,
+            steps=spec.steps,
+            context_window=spec.context_window,
+            vocabulary=draft_vocabulary(spec),
         )
         return _lattice_runner(spec, verifier, drafter, eos)
     if spec.kind == "conditioned":
         return _lattice_runner(spec, verifier, conditioned, eos)
     raise ValueError(f"unknown method kind {spec.kind!r}")
+
+
+def draft_vocabulary(spec: MethodSpec) -> DraftVocabulary | None:
+    return None if spec.draft_vocab is None else DraftVocabulary.load(spec.draft_vocab)
 
 
 def _lattice_runner(
@@ -289,7 +307,7 @@ def load_runners(
             diffusion = dlms[spec.drafter]
         if spec.kind == "conditioned":  # one drafter per method: it holds its own context memory
             conditioned = ConditionedDrafter.from_pretrained(
-                spec.drafter, verifier, dtype=config.dtype, device_map=str(device)
+                spec.drafter, verifier, dtype=config.dtype, device_map=str(device), vocabulary=draft_vocabulary(spec)
             )
         runners.append(build_runner(spec, verifier, eos, pad_token_id, ar_model, diffusion, conditioned))
     return runners

@@ -778,6 +778,11 @@ class ConditionedDrafterModel(PreTrainedModel):
     def has_verifier(self) -> bool:
         return self._verifier_parts is not None
 
+    @property
+    def verifier_head(self) -> nn.Linear:
+        """The borrowed LM head (a draft vocabulary takes its rows from it)."""
+        return self._parts().head
+
     def _parts(self) -> _VerifierParts:
         if self._verifier_parts is None:
             raise RuntimeError(
@@ -801,13 +806,18 @@ class ConditionedDrafterModel(PreTrainedModel):
         scale = self.config.input_embedding_scale
         return rows if scale == 1.0 else rows * scale
 
-    def lm_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def lm_logits(
+        self, hidden_states: torch.Tensor, rows: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    ) -> torch.Tensor:
         """The verifier's LM head on final-normed states (its weights detached: frozen, not trained), times
-        ``output_multiplier``, then soft-capped when ``final_logit_softcapping`` is set."""
-        head = self._parts().head
-        bias = head.bias.detach() if head.bias is not None else None
-        hidden_states = hidden_states.to(device=head.weight.device, dtype=head.weight.dtype)
-        logits = F.linear(hidden_states, head.weight.detach(), bias)
+        ``output_multiplier``, then soft-capped when ``final_logit_softcapping`` is set. ``rows`` (weight, bias)
+        replaces the head by some of its rows (a draft vocabulary's)."""
+        if rows is None:
+            head = self._parts().head
+            rows = head.weight.detach(), head.bias.detach() if head.bias is not None else None
+        weight, bias = rows
+        hidden_states = hidden_states.to(device=weight.device, dtype=weight.dtype)
+        logits = F.linear(hidden_states, weight, bias)
         if self.config.output_multiplier != 1.0:
             logits = logits * self.config.output_multiplier
         cap = self.config.final_logit_softcapping
@@ -886,9 +896,15 @@ class ConditionedDrafterModel(PreTrainedModel):
         memory.append(keys, values)
 
     @torch.inference_mode()
-    def draft(self, memory: ContextMemory, first_tokens: torch.Tensor) -> torch.Tensor:
+    def draft(
+        self,
+        memory: ContextMemory,
+        first_tokens: torch.Tensor,
+        head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
         """Logits ``[B, block_size, V]`` of the block anchored at ``memory.length`` (the memory covers every
-        position before the anchor); ``first_tokens`` ``[B]`` are the anchor tokens."""
+        position before the anchor); ``first_tokens`` ``[B]`` are the anchor tokens. With ``head_rows`` (see
+        ``lm_logits``) the last dimension is those rows'."""
         start = memory.length
         if start + self.config.block_size >= self.config.max_position_embeddings:
             raise ValueError(
@@ -899,7 +915,7 @@ class ConditionedDrafterModel(PreTrainedModel):
         positions = torch.arange(start, start + blocks.shape[1], device=self.device)[None]
         key_positions = torch.arange(start + blocks.shape[1], device=self.device)[None]  # memory rows, then the block
         hidden = self._run_blocks(blocks, positions, memory, None, key_positions)
-        return self.lm_logits(hidden[:, 1:])
+        return self.lm_logits(hidden[:, 1:], head_rows)
 
     # -- training -------------------------------------------------------------------------------------------------
 

@@ -64,6 +64,9 @@ class SmolLM2Config:
     conditioned_layers: int = 1
     conditioned_steps: int = 400
     draft_window: int | None = field(default=96, metadata={"help": "Diffusion drafter context window (tokens)."})
+    draft_vocab_size: int = field(
+        default=8192, metadata={"help": "Ids in the draft vocabulary (the most frequent in the answers and prose)."}
+    )
     # evaluation
     spec_bench: str | None = field(
         default=None, metadata={"help": "Spec-Bench's data/spec_bench/question.jsonl (required by the eval stage)."}
@@ -252,6 +255,28 @@ def build_proxy(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> No
     NGramProxy.fit(streams, vocab_size=vocab, order=3).save(out / "proxy.json")
 
 
+def build_draft_vocab(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """The ``draft_vocab_size`` ids most frequent in the verifier's answers and the prose, EOS kept, the mask token
+    dropped: the rows a drafter's LM head scores (``diffuspec.drafters.vocabulary``)."""
+    from datasets import load_from_disk
+
+    from ..drafters.vocabulary import DraftVocabulary
+    from ..eos import folder_eos_ids
+    from ..loading import config_vocab_size, load_tokenizer
+
+    if not config.draft_vocab_size:
+        return  # 0: the drafters score the whole vocabulary
+    verifier = verifier_folder(inputs)
+    data = load_from_disk(str(inputs["data"] / "dataset"))
+    streams = [row["prompt_ids"] + row["completion_ids"] for row in corpus_examples(config, inputs)]
+    streams += list(data["completion_ids"])
+    mask = load_tokenizer(verifier).convert_tokens_to_ids(config.mask_token)
+    vocabulary = DraftVocabulary.from_sequences(
+        streams, config_vocab_size(verifier), config.draft_vocab_size, keep=folder_eos_ids(verifier), drop=[mask]
+    )
+    vocabulary.save(out / "draft_vocab.json")
+
+
 def build_drafter_aligned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
     """The unaligned drafter aligned on the verifier's answers (block CE, forward KL to its top-k, greedy streak)."""
     from .stages import run_training
@@ -317,7 +342,8 @@ def eval_methods(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
 
     # No tree methods: at 128 nodes each costs about three plain-decoding runs here, and the preset's evaluation is
     # hours already; eval/config_trees.yaml compares them on the same stage outputs.
-    return quickstart_methods(inputs, window=config.draft_window, adl=ADL, tree=None)
+    vocab = inputs["draft_vocab"] / "draft_vocab.json" if config.draft_vocab_size else None
+    return quickstart_methods(inputs, window=config.draft_window, adl=ADL, tree=None, draft_vocab=vocab)
 
 
 def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
@@ -359,6 +385,7 @@ STAGES = [
         ("drafter_layers", "drafter_steps", "mask_token", *SHAPE),
     ),
     Stage("proxy", ("verifier", "corpus", "data"), build_proxy, ("block_size",)),
+    Stage("draft_vocab", ("verifier", "corpus", "data"), build_draft_vocab, ("draft_vocab_size", "mask_token")),
     Stage(
         "drafter_aligned",
         ("verifier", "data", "drafter_unaligned"),
@@ -373,7 +400,16 @@ STAGES = [
     ),
     Stage(
         "eval",
-        ("verifier", "data", "ar_drafter", "drafter_unaligned", "proxy", "drafter_aligned", "drafter_conditioned"),
+        (
+            "verifier",
+            "data",
+            "ar_drafter",
+            "drafter_unaligned",
+            "proxy",
+            "draft_vocab",
+            "drafter_aligned",
+            "drafter_conditioned",
+        ),
         build_eval,
         (
             "spec_bench",

@@ -236,13 +236,19 @@ def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict
 
 
 def quickstart_methods(
-    inputs: dict[str, Path], window: int | None, adl: dict[str, int], tree: dict[str, int] | None = TREE
+    inputs: dict[str, Path],
+    window: int | None,
+    adl: dict[str, int],
+    tree: dict[str, int] | None = TREE,
+    draft_vocab: Path | None = None,
 ) -> list[dict]:
     """The methods every quickstart times: plain decoding, the copy and AR peers, the unaligned and the aligned
     diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders; the aligned
     and the conditioned drafter also verify token trees, of ``tree``'s size (``*_tree``) and of the size the cost
-    model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out."""
+    model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out. ``draft_vocab`` (a
+    ``DraftVocabulary`` file) gives every diffusion and conditioned drafter that head."""
     proxy = str(inputs["proxy"] / "proxy.json")
+    vocab = {} if draft_vocab is None else {"draft_vocab": str(draft_vocab)}
     conditioned = {
         "kind": "conditioned",
         "name": "dlm_conditioned",
@@ -250,6 +256,7 @@ def quickstart_methods(
         "cps": {"m_max": 8},
         "proxy": proxy,
         "adl": dict(adl),
+        **vocab,
     }
 
     def with_trees(method: dict) -> list[dict]:
@@ -272,6 +279,7 @@ def quickstart_methods(
             "proxy": proxy if cps else None,
             "adl": dict(adl) if adl_on else None,
             "draft_length": 8,
+            **vocab,
         }
 
     return [
