@@ -70,19 +70,20 @@ def test_the_preset_times_every_harness_method_and_no_tree(tmp_path):
 def test_the_draft_vocabulary_stage_keeps_eos_and_drops_the_mask(tmp_path, monkeypatch):
     from diffuspec.drafters.vocabulary import DraftVocabulary
 
-    config = load_pipeline("smollm2", {"draft_vocab_size": 6})[0]
-    answers = [[5, 5, 5, 9, 9, 16, 16, 16, 16], [7, 9]]
-    monkeypatch.setattr(smollm2, "corpus_examples", lambda config, inputs: [{"prompt_ids": [4], "completion_ids": [4]}])
+    config = load_pipeline("smollm2", {"draft_vocab_size": 5})[0]
+    answers = [[5, 5, 5, 9, 9, 16, 16, 16, 16], [7, 9]] * 5
     monkeypatch.setattr("datasets.load_from_disk", lambda path: {"completion_ids": answers})
     monkeypatch.setattr("diffuspec.eos.folder_eos_ids", lambda folder: (2,))
     monkeypatch.setattr("diffuspec.loading.config_vocab_size", lambda folder: 32)
+    monkeypatch.setattr("diffuspec.loading.resolve_local", lambda folder: folder)
     monkeypatch.setattr(
         "diffuspec.loading.load_tokenizer",
         lambda folder: type("T", (), {"convert_tokens_to_ids": staticmethod(lambda token: 16)}),
     )
-    smollm2.build_draft_vocab(config, tmp_path, {"verifier": tmp_path, "data": tmp_path, "corpus": tmp_path})
+    smollm2.build_draft_vocab(config, tmp_path, {"verifier": tmp_path, "data": tmp_path})
     vocab = DraftVocabulary.load(tmp_path / "draft_vocab.json")
-    assert vocab.ids.tolist() == [0, 2, 4, 5, 7, 9] and vocab.vocab_size == 32  # EOS 2 kept, mask 16 dropped
+    assert vocab.ids.tolist() == [0, 2, 5, 7, 9] and vocab.vocab_size == 32  # EOS 2 kept, mask 16 dropped
+    assert json.loads((tmp_path / "coverage.json").read_text()) == {"size": 5, "held_out_answer_coverage": 1.0}
 
 
 def test_the_eval_stage_without_spec_bench_names_the_setting(tmp_path):

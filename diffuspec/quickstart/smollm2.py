@@ -65,7 +65,7 @@ class SmolLM2Config:
     conditioned_steps: int = 400
     draft_window: int | None = field(default=96, metadata={"help": "Diffusion drafter context window (tokens)."})
     draft_vocab_size: int = field(
-        default=8192, metadata={"help": "Ids in the draft vocabulary (the most frequent in the answers and prose)."}
+        default=8192, metadata={"help": "Ids in the draft vocabulary (the most frequent in the answers); 0: all."}
     )
     # evaluation
     spec_bench: str | None = field(
@@ -256,25 +256,21 @@ def build_proxy(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> No
 
 
 def build_draft_vocab(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
-    """The ``draft_vocab_size`` ids most frequent in the verifier's answers and the prose, EOS kept, the mask token
-    dropped: the rows a drafter's LM head scores (``diffuspec.drafters.vocabulary``)."""
-    from datasets import load_from_disk
-
-    from ..drafters.vocabulary import DraftVocabulary
-    from ..eos import folder_eos_ids
-    from ..loading import config_vocab_size, load_tokenizer
+    """The ``draft_vocab_size`` ids most frequent in the verifier's answers, EOS kept, the mask token dropped: the
+    rows a drafter's LM head scores (what ``diffuspec draft-vocab`` writes), with its held-out coverage."""
+    from ..drafters.vocabulary import vocabulary_from_dataset
+    from ..files import write_json
+    from ..loading import load_tokenizer
 
     if not config.draft_vocab_size:
         return  # 0: the drafters score the whole vocabulary
     verifier = verifier_folder(inputs)
-    data = load_from_disk(str(inputs["data"] / "dataset"))
-    streams = [row["prompt_ids"] + row["completion_ids"] for row in corpus_examples(config, inputs)]
-    streams += list(data["completion_ids"])
     mask = load_tokenizer(verifier).convert_tokens_to_ids(config.mask_token)
-    vocabulary = DraftVocabulary.from_sequences(
-        streams, config_vocab_size(verifier), config.draft_vocab_size, keep=folder_eos_ids(verifier), drop=[mask]
+    vocabulary, coverage = vocabulary_from_dataset(
+        inputs["data"] / "dataset", verifier, config.draft_vocab_size, exclude=[mask]
     )
     vocabulary.save(out / "draft_vocab.json")
+    write_json(out / "coverage.json", {"size": len(vocabulary), "held_out_answer_coverage": coverage})
 
 
 def build_drafter_aligned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
@@ -385,7 +381,7 @@ STAGES = [
         ("drafter_layers", "drafter_steps", "mask_token", *SHAPE),
     ),
     Stage("proxy", ("verifier", "corpus", "data"), build_proxy, ("block_size",)),
-    Stage("draft_vocab", ("verifier", "corpus", "data"), build_draft_vocab, ("draft_vocab_size", "mask_token")),
+    Stage("draft_vocab", ("verifier", "data"), build_draft_vocab, ("draft_vocab_size", "mask_token")),
     Stage(
         "drafter_aligned",
         ("verifier", "data", "drafter_unaligned"),
