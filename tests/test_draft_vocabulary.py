@@ -16,6 +16,7 @@ from diffuspec.drafters.conditioned import ConditionedDrafter
 from diffuspec.drafters.vocabulary import DraftVocabulary
 from diffuspec.evaluation import evaluate
 from diffuspec.evaluation.methods import check_inputs
+from diffuspec.models.tiny import tiny_qwen2
 
 MASK = VOCAB - 1
 
@@ -126,6 +127,10 @@ def test_a_vocabulary_holding_the_mask_or_of_another_size_is_refused(verifier, d
     drafter = random_drafter(verifier, seed=3, layers=1, block_size=6)
     with pytest.raises(ValueError, match=f"holds the mask token {MASK}"):
         ConditionedDrafter(drafter.model, vocabulary=DraftVocabulary(torch.tensor([MASK]), VOCAB))
+    capped = tiny_qwen2(seed=2, vocab_size=VOCAB, hidden_size=32, num_layers=1, causal=False)
+    capped.config.final_logit_softcapping = 30.0  # logits change after the head: a subset of rows would skip that
+    with pytest.raises(ValueError, match=r"post-processes logits \(\['final_logit_softcapping'\]\)"):
+        DiffusionDrafter(capped, MASK, vocabulary=subset(4))
 
 
 @pytest.mark.parametrize("tree", [None, TreeConfig(max_nodes=12, max_children=3)])

@@ -50,12 +50,7 @@ class ConditionedDrafter(Drafter):
         self.vocabulary = vocabulary
         self._head_rows = None
         if vocabulary is not None:
-            if vocabulary.vocab_size != self.vocab_size:
-                raise ValueError(
-                    f"the draft vocabulary indexes {vocabulary.vocab_size} ids, the drafter has {self.vocab_size}"
-                )
-            if bool((vocabulary.ids == self.mask_token_id).any()):
-                raise ValueError(f"the draft vocabulary holds the mask token {self.mask_token_id}, never a draft")
+            vocabulary.check_drafter(self.vocab_size, self.mask_token_id)
             head = model.verifier_head
             self._head_rows = vocabulary.head(head.weight, head.bias)
         self.reset()

@@ -77,12 +77,7 @@ class DiffusionDrafter(Drafter):
         self._head = None if vocabulary is None else self._vocabulary_head(vocabulary)
 
     def _vocabulary_head(self, vocabulary: DraftVocabulary) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if vocabulary.vocab_size != self.vocab_size:
-            raise ValueError(
-                f"the draft vocabulary indexes {vocabulary.vocab_size} ids, the drafter has {self.vocab_size}"
-            )
-        if bool((vocabulary.ids == self.mask_token_id).any()):
-            raise ValueError(f"the draft vocabulary holds the mask token {self.mask_token_id}, which is never drafted")
+        vocabulary.check_drafter(self.vocab_size, self.mask_token_id)
         text_config = self.model.config.get_text_config()
         changed = [k for k in HEAD_POSTPROCESSING if getattr(text_config, k, None) not in (None, 1.0)]
         if changed:

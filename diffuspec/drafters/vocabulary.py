@@ -93,6 +93,13 @@ class DraftVocabulary:
             raise ValueError("coverage needs at least one token")
         return float(torch.isin(tokens, self.ids).double().mean())
 
+    def check_drafter(self, vocab_size: int, mask_token_id: int) -> None:
+        """Refuse a drafter this subset does not fit: another vocabulary size, or its mask token among the ids."""
+        if self.vocab_size != vocab_size:
+            raise ValueError(f"the draft vocabulary indexes {self.vocab_size} ids, the drafter has {vocab_size}")
+        if bool((self.ids == mask_token_id).any()):
+            raise ValueError(f"the draft vocabulary holds the mask token {mask_token_id}, which is never drafted")
+
     def head(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The rows of an LM head ``weight`` [V, H] (and ``bias``) for the subset, copied once so every draft reads
         a contiguous [S, H] matrix."""
