@@ -193,3 +193,17 @@ def test_cli_builds_a_vocabulary_from_verifier_answers(folders, tmp_path, capsys
     assert "they cover 0.0% of held-out answer tokens" in capsys.readouterr().out
     assert main([*argv, "--size", "0"]) == 2
     assert "draft vocabulary size must be in" in capsys.readouterr().err
+
+
+def test_sampling_with_a_subset_is_exact():
+    """T > 0: a drafter that can only draft half the ids still samples exactly from the processed verifier."""
+    from test_sampling import N as samples
+    from test_sampling import V, exact_distribution, sampled_tv, tv_bound
+
+    verifier = tiny_qwen2(seed=3, vocab_size=V, hidden_size=32, num_layers=1, init_std=0.5, dtype=torch.float64)
+    dlm = tiny_qwen2(seed=4, vocab_size=V, hidden_size=32, num_layers=1, causal=False, init_std=0.5)
+    vocab = DraftVocabulary(torch.tensor([0, 2, 3]), V)
+    drafter = DiffusionDrafter(dlm.to(torch.float64), mask_token_id=V - 1, vocabulary=vocab)
+    decoder = SpeculativeDecoder(verifier, drafter, DecodeConfig(cps=None, adl=None, draft_length=2))
+    exact = exact_distribution(verifier, 0.8, None, 0.95)
+    assert sampled_tv(decoder, exact, 0.8, None, 0.95, seed=3) < tv_bound(len(exact), samples)
