@@ -7,7 +7,9 @@ At T = 0 tau is deterministic, so one pass over the prompts gives what three tim
 the cost and with no clock to keep quiet (other jobs may share the CPU). The recipe's first method is the baseline:
 every other method's tokens must equal its tokens (a mismatch is reported and the exit code is 1). tau counts
 the verifier's bonus token; 'nodes' is the mean number of draft tokens verified per round (a tree's nodes, a
-chain's path). Writes tau.json and tau.md in the recipe's output_dir. No speedups: use ``diffuspec eval``.
+chain's path); 'coverage', for drafters with a draft vocabulary, is the share of the baseline's tokens inside it
+(the tokens such a drafter can propose at all). Writes tau.json and tau.md in the recipe's output_dir. No speedups:
+use ``diffuspec eval``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> int:
     reference: dict[int, list[int]] = {}
     for runner in runners:
         tokens = rounds = nodes = 0
+        vocabulary = getattr(getattr(getattr(runner, "decoder", None), "drafter", None), "vocabulary", None)
         for prompt in prompts:
             record = run_once(runner, prompt, 0, config.max_new_tokens, 0.0, config.seed)
             if record.error is not None:
@@ -44,13 +47,18 @@ def main() -> int:
             tokens += record.new_tokens
             rounds += len(record.accepted) if record.accepted is not None else record.new_tokens
             nodes += sum(record.path_lengths or [])
-        rows[runner.name] = {"tau": tokens / rounds, "nodes": nodes / rounds, "rounds": rounds, "tokens": tokens}
-        print(f"{runner.name}: tau {rows[runner.name]['tau']:.3f}, nodes {rows[runner.name]['nodes']:.1f}", flush=True)
+        row = {"tau": tokens / rounds, "nodes": nodes / rounds, "rounds": rounds, "tokens": tokens, "coverage": None}
+        if vocabulary is not None:
+            row["coverage"] = vocabulary.coverage([t for p in prompts for t in reference[p.index]])
+        rows[runner.name] = row
+        print(f"{runner.name}: tau {row['tau']:.3f}, nodes {row['nodes']:.1f}", flush=True)
     out = Path(config.output_dir)
     write_json(out / "tau.json", {"methods": rows, "prompts": len(prompts), "mismatches": mismatches,
                                   "config": config.to_dict()})  # fmt: skip
-    lines = ["| method | tau | nodes per round |", "|---|---|---|"]
-    lines += [f"| {name} | {row['tau']:.2f} | {row['nodes']:.1f} |" for name, row in rows.items()]
+    lines = ["| method | tau | nodes per round | draft vocabulary coverage |", "|---|---|---|---|"]
+    for name, row in rows.items():
+        coverage = "—" if row["coverage"] is None else f"{row['coverage']:.1%}"
+        lines.append(f"| {name} | {row['tau']:.2f} | {row['nodes']:.1f} | {coverage} |")
     (out / "tau.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if mismatches:

@@ -398,7 +398,13 @@ def test_a_journal_of_another_recipe_is_started_over(tmp_path):
 
 def test_tau_sweep_reports_every_methods_tau_untimed(folders, tmp_path, monkeypatch):
     sweep = load_script("tau_sweep")
-    methods = [{"kind": "ar"}, {"kind": "pld", "draft_length": 4}, all_methods(folders)[6]]
+    from diffuspec.drafters.vocabulary import DraftVocabulary
+
+    size = json.loads((folders["verifier"] / "config.json").read_text())["vocab_size"]
+    mask = json.loads((folders["dlm"] / "diffuspec_config.json").read_text())["mask_token_id"]
+    DraftVocabulary.from_counts(torch.ones(size), size - 1, drop=[mask]).save(tmp_path / "vocab.json")
+    with_vocab = {**all_methods(folders)[6], "name": "dlm_vocab", "draft_vocab": str(tmp_path / "vocab.json")}
+    methods = [{"kind": "ar"}, {"kind": "pld", "draft_length": 4}, all_methods(folders)[6], with_vocab]
     recipe = tmp_path / "sweep.yaml"
     values = {k: v for k, v in tiny_config(folders, tmp_path).to_dict().items() if k not in ("methods", "only")}
     recipe.write_text(yaml.safe_dump({**values, "methods": methods, "output_dir": str(tmp_path / "sweep")}))
@@ -409,6 +415,9 @@ def test_tau_sweep_reports_every_methods_tau_untimed(folders, tmp_path, monkeypa
     assert rows["methods"]["ar"]["tau"] == 1.0
     assert all(row["tau"] >= 1.0 and row["rounds"] > 0 for row in rows["methods"].values())
     assert rows["methods"]["dlm_cps_adl"]["nodes"] > 0
+    assert rows["methods"]["dlm_cps_adl"]["coverage"] is None  # no draft vocabulary
+    assert 0.9 < rows["methods"]["dlm_vocab"]["coverage"] <= 1.0  # every id but the mask
+    assert "| dlm_vocab |" in (tmp_path / "sweep" / "tau.md").read_text()
     assert not (tmp_path / "sweep" / "results.json").exists()  # no timed run
 
 
