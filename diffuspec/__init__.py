@@ -8,6 +8,7 @@ from .drafters.autoregressive import AutoregressiveDrafter
 from .drafters.conditioned import ConditionedDrafter
 from .drafters.diffusion import DiffusionDrafter
 from .drafters.prompt_lookup import PromptLookupDrafter
+from .drafters.vocabulary import DraftVocabulary
 from .version import __version__
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "DecodeStats",
     "DiffusionDrafter",
     "DraftRequest",
+    "DraftVocabulary",
     "Drafter",
     "GenerateOutput",
     "Lattice",

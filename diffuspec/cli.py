@@ -63,7 +63,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     verifier_path = resolve_local(args.verifier)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
     decoder = SpeculativeDecoder.from_pretrained(
-        verifier_path, args.drafter, config=config, dtype=args.dtype, device_map=args.device
+        verifier_path,
+        args.drafter,
+        config=config,
+        dtype=args.dtype,
+        device_map=args.device,
+        draft_vocab=args.draft_vocab,
     )
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
@@ -168,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="Decode one prompt speculatively and print the text and statistics.")
     gen.add_argument("--verifier", required=True, help="Causal LM folder or Hub id (also gives the tokenizer).")
     gen.add_argument("--drafter", default=None, help="Diffusion drafter folder or Hub id (none: plain decoding).")
+    gen.add_argument("--draft-vocab", default=None, help="Draft vocabulary file (diffuspec draft-vocab): ids scored.")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--chat", action="store_true", help="Wrap the prompt in the verifier's chat template.")
     gen.add_argument("--max-new-tokens", type=int, default=128)

@@ -207,3 +207,22 @@ def test_sampling_with_a_subset_is_exact():
     decoder = SpeculativeDecoder(verifier, drafter, DecodeConfig(cps=None, adl=None, draft_length=2))
     exact = exact_distribution(verifier, 0.8, None, 0.95)
     assert sampled_tv(decoder, exact, 0.8, None, 0.95, seed=3) < tv_bound(len(exact), samples)
+
+
+def test_from_pretrained_and_generate_take_a_vocabulary_file(folders, tmp_path, capsys):  # noqa: F811 - the fixture
+    from diffuspec.cli import main
+    from diffuspec.loading import config_vocab_size
+
+    size = config_vocab_size(folders["verifier"])
+    mask = json.loads((folders["dlm"] / "diffuspec_config.json").read_text())["mask_token_id"]
+    path = tmp_path / "vocab.json"
+    DraftVocabulary.from_counts(torch.ones(size), size=32, drop=[mask]).save(path)
+    decoder = SpeculativeDecoder.from_pretrained(folders["verifier"], folders["dlm"], draft_vocab=path)
+    assert decoder.drafter.vocabulary.ids.tolist() == [i for i in range(33) if i != mask][:32]
+    with pytest.raises(ValueError, match="needs a drafter"):
+        SpeculativeDecoder.from_pretrained(folders["verifier"], None, draft_vocab=path)
+    argv = ["generate", "--verifier", str(folders["verifier"]), "--drafter", str(folders["conditioned"]),
+            "--draft-vocab", str(path), "--prompt", "Summarize the article", "--max-new-tokens", "6",
+            "--k-min", "2", "--k-max", "6"]  # fmt: skip
+    assert main(argv) == 0
+    assert '"rounds"' in capsys.readouterr().err

@@ -110,17 +110,24 @@ class SpeculativeDecoder:
         device_map: str | dict | None = None,
         drafter_device_map: str | dict | None = None,
         drafter_quantization: str | None = None,
+        draft_vocab: str | os.PathLike | None = None,
     ) -> SpeculativeDecoder:
         """Load a verifier (any causal LM folder or Hub id) and a drafter folder or Hub id: a diffusion drafter
         (Dream, LLaDA, diffuspec) or a feature-conditioned one (``diffuspec.drafters.load_drafter``).
 
         ``drafter_quantization="8bit"`` / ``"4bit"`` loads a diffusion drafter through bitsandbytes; it is checked
-        before the verifier loads, so a missing package fails at once. Loading itself is ``diffuspec.loading``'s.
+        before the verifier loads, so a missing package fails at once. ``draft_vocab`` is a ``DraftVocabulary`` file
+        (read before any weights) whose ids alone the drafter's head scores. Loading itself is
+        ``diffuspec.loading``'s.
         """
         from ..drafters import load_drafter
+        from ..drafters.vocabulary import DraftVocabulary
         from ..loading import bitsandbytes_config, load_causal_lm
 
         bitsandbytes_config(drafter_quantization, dtype)
+        if draft_vocab is not None and drafter is None:
+            raise ValueError(f"draft_vocab={str(draft_vocab)!r} needs a drafter")
+        vocabulary = None if draft_vocab is None else DraftVocabulary.load(draft_vocab)
         verifier_model = load_causal_lm(verifier, dtype=dtype, device_map=device_map)
         draft = None
         if drafter is not None:
@@ -130,6 +137,7 @@ class SpeculativeDecoder:
                 dtype=dtype,
                 device_map=drafter_device_map or device_map,
                 quantization=drafter_quantization,
+                vocabulary=vocabulary,
             )
         return cls(verifier_model, draft, config)
 
