@@ -3,7 +3,8 @@
     python eval/verify_cost.py --verifier runs/smollm2/verifier/model \
         --prompts PATH/question.jsonl --out runs/bench/verify_cost.json
 
-A benchmark, not a test. For each dtype (``--dtypes``):
+A benchmark, not a test. For each dtype (``--dtypes``; ``float32-onednn`` is float32 with every linear layer's
+weights prepacked for oneDNN by ``torch.utils.mkldnn.to_mkldnn``, the CPU kernel library's own layout):
 
 - cost: one ``Verifier.step`` of m tokens (the pending token + m - 1 path tokens) after a KV-cached context of
   ``--context`` tokens, for every m of ``--blocks``, in plain decoding steps (m = 1); the calls of all dtypes and
@@ -25,12 +26,23 @@ import time
 from pathlib import Path
 
 import torch
+import torch.utils.mkldnn
 
 from diffuspec.decoding.verifier import Verifier
 from diffuspec.dtypes import resolve_dtype
 from diffuspec.evaluation.environment import environment
 from diffuspec.files import write_json
 from diffuspec.loading import load_causal_lm, load_tokenizer
+
+
+def load(folder: str, name: str) -> Verifier:
+    dtype, _, kernels = name.partition("-")
+    model = load_causal_lm(folder, resolve_dtype(dtype), "cpu")
+    if kernels == "onednn":
+        model = torch.utils.mkldnn.to_mkldnn(model)
+    elif kernels:
+        raise SystemExit(f"unknown kernels {kernels!r} in {name!r} (known: onednn)")
+    return Verifier(model)
 
 
 def step_cost(verifier: Verifier, context: torch.Tensor, m: int) -> float:
@@ -76,7 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verifier", required=True)
     parser.add_argument("--prompts", type=Path, required=True, help="Spec-Bench question.jsonl or prompt rows.")
-    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--dtypes", default="float32,float32-onednn,bfloat16")
     parser.add_argument("--blocks", default="1,2,4,8,12,16,32,64")
     parser.add_argument("--context", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=10)
@@ -90,7 +102,7 @@ def main() -> None:
     torch.manual_seed(0)
     dtypes = args.dtypes.split(",")
     blocks = [int(b) for b in args.blocks.split(",")]
-    verifiers = {name: Verifier(load_causal_lm(args.verifier, resolve_dtype(name), "cpu")) for name in dtypes}
+    verifiers = {name: load(args.verifier, name) for name in dtypes}
     context = torch.randint(0, next(iter(verifiers.values())).vocab_size, (args.context,))
     times: dict[tuple[str, int], list[float]] = {key: [] for key in itertools.product(dtypes, blocks)}
     with torch.inference_mode():

@@ -427,11 +427,11 @@ def test_verify_cost_script_reports_costs_and_block_flips(folders, tmp_path, mon
     script = load_script("verify_cost")
     out = tmp_path / "cost.json"
     argv = ["verify_cost.py", "--verifier", str(folders["verifier"]), "--prompts", str(folders["prompts"]),
-            "--dtypes", "float64,float32", "--blocks", "1,3", "--context", "8", "--repeats", "2",
+            "--dtypes", "float64,float32-onednn", "--blocks", "1,3", "--context", "8", "--repeats", "2",
             "--num-prompts", "2", "--new-tokens", "7", "--block", "3", "--threads", "1", "--out", str(out)]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
     result = json.loads(out.read_text())
-    assert result["cost"]["float64"]["1"]["steps"] == 1.0 and result["cost"]["float32"]["3"]["ms"] > 0
+    assert result["cost"]["float64"]["1"]["steps"] == 1.0 and result["cost"]["float32-onednn"]["3"]["ms"] > 0
     assert result["exactness"]["float64"] == {"flips": 0, "positions": 14}  # float64: blocks agree with steps
-    assert "| float32 |" in capsys.readouterr().out
+    assert "| float32-onednn |" in capsys.readouterr().out
