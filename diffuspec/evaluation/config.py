@@ -148,6 +148,12 @@ class EvalConfig:
     )
     dtype: str = field(default="auto", metadata={"help": f"Dtype of every model, one of {list(DTYPE_NAMES)}."})
     device: str = field(default="cpu", metadata={"help": "cpu, cuda, cuda:N or auto (cuda if available)."})
+    onednn: bool = field(
+        default=False,
+        metadata={
+            "help": "CPU, float32: every model's linear layers use oneDNN with weights packed once (kernels.py)."
+        },
+    )
     # -- benchmark
     benchmark: str = field(default="spec_bench", metadata={"help": f"Prompt source, one of {list(BENCHMARK_KINDS)}."})
     benchmark_path: str | None = field(
@@ -211,6 +217,8 @@ class EvalConfig:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
+        if self.onednn and (self.device != "cpu" or self.dtype != "float32"):
+            raise ValueError(f"onednn needs device 'cpu' and dtype 'float32', got {self.device!r} and {self.dtype!r}")
         positive = {"window_tokens": 1, "max_new_tokens": 1, "repeats": 3, "warmup": 0}
         for name, low in positive.items():
             if getattr(self, name) < low:

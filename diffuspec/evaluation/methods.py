@@ -31,6 +31,7 @@ from ..drafters.diffusion import DiffusionDrafter
 from ..drafters.prompt_lookup import PromptLookupDrafter
 from ..drafters.vocabulary import DraftVocabulary
 from ..eos import model_eos_ids, pad_token_id
+from ..kernels import prepack_linear_layers
 from ..loading import config_vocab_size, has_tokenizer, load_causal_lm, load_diffusion_model, resolve_local
 from ..models.tokenizers import check_tokenizers_compatible
 from .config import EvalConfig, MethodSpec
@@ -292,6 +293,12 @@ def load_runners(
     config: EvalConfig, verifier: PreTrainedModel, eos: tuple[int, ...], pad_token_id: int, device: torch.device
 ) -> list[DecoderRunner | HFRunner]:
     """Load each drafter folder once (several methods may share one) and build the runners in recipe order."""
+
+    def packed(model: torch.nn.Module) -> torch.nn.Module:
+        if config.onednn:
+            prepack_linear_layers(model)
+        return model
+
     ar_models: dict[str, PreTrainedModel] = {}
     dlms: dict[str, tuple[PreTrainedModel, int, bool]] = {}
     runners = []
@@ -299,15 +306,19 @@ def load_runners(
         ar_model = diffusion = conditioned = None
         if spec.kind in ("sps", "hf_assisted"):
             if spec.drafter not in ar_models:
-                ar_models[spec.drafter] = load_causal_lm(spec.drafter, config.dtype, device)
+                ar_models[spec.drafter] = packed(load_causal_lm(spec.drafter, config.dtype, device))
             ar_model = ar_models[spec.drafter]
         if spec.kind == "diffusion":
             if spec.drafter not in dlms:
-                dlms[spec.drafter] = load_diffusion_model(spec.drafter, dtype=config.dtype, device_map=str(device))
+                model, mask_token_id, shifted = load_diffusion_model(
+                    spec.drafter, dtype=config.dtype, device_map=str(device)
+                )
+                dlms[spec.drafter] = packed(model), mask_token_id, shifted
             diffusion = dlms[spec.drafter]
         if spec.kind == "conditioned":  # one drafter per method: it holds its own context memory
             conditioned = ConditionedDrafter.from_pretrained(
                 spec.drafter, verifier, dtype=config.dtype, device_map=str(device), vocabulary=draft_vocabulary(spec)
             )
+            packed(conditioned.model)
         runners.append(build_runner(spec, verifier, eos, pad_token_id, ar_model, diffusion, conditioned))
     return runners
