@@ -21,6 +21,7 @@ from pathlib import Path
 from diffuspec.evaluation import config_from_args
 from diffuspec.evaluation.config import add_arguments
 from diffuspec.evaluation.harness import prepare
+from diffuspec.evaluation.methods import DecoderRunner
 from diffuspec.evaluation.timing import run_once
 from diffuspec.files import write_json
 
@@ -37,7 +38,8 @@ def main() -> int:
     reference: dict[int, list[int]] = {}
     for runner in runners:
         tokens = rounds = nodes = 0
-        vocabulary = getattr(getattr(getattr(runner, "decoder", None), "drafter", None), "vocabulary", None)
+        drafter = runner.decoder.drafter if isinstance(runner, DecoderRunner) else None
+        vocabulary = getattr(drafter, "vocabulary", None)
         for prompt in prompts:
             record = run_once(runner, prompt, 0, config.max_new_tokens, 0.0, config.seed)
             if record.error is not None:

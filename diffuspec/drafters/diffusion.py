@@ -30,7 +30,7 @@ from ..loading import load_diffusion_model
 from .vocabulary import DraftVocabulary
 
 # Config fields that change logits after the LM head; a draft vocabulary computes the head itself, so it refuses them.
-HEAD_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "output_multiplier")
+HEAD_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
 def check_bidirectional(model: PreTrainedModel) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from ..devices import resolve_device
-from ..kernels import prepack_linear_layers
 from ..loading import load_causal_lm, resolve_local
 from .benchmarks import Prompt, build_prompts, load_questions
 from .config import EvalConfig
@@ -100,8 +99,6 @@ def prepare(config: EvalConfig) -> tuple[list[Prompt], list[Runner]]:
     # ---- models
     device = resolve_device(config.device)
     verifier = load_causal_lm(config.verifier, config.dtype, device)
-    if config.onednn:
-        prepack_linear_layers(verifier)
     eos, pad_token_id = stop_tokens(verifier, tokenizer)
     verifier.generation_config = neutral_generation_config(eos, pad_token_id)
     runners = load_runners(config, verifier, eos, pad_token_id, device)

@@ -292,13 +292,15 @@ def _lattice_runner(
 def load_runners(
     config: EvalConfig, verifier: PreTrainedModel, eos: tuple[int, ...], pad_token_id: int, device: torch.device
 ) -> list[DecoderRunner | HFRunner]:
-    """Load each drafter folder once (several methods may share one) and build the runners in recipe order."""
+    """Load each drafter folder once (several methods may share one) and build the runners in recipe order. With
+    ``config.onednn`` every model, the verifier first, gets oneDNN-packed linear layers before any runner exists."""
 
     def packed(model: torch.nn.Module) -> torch.nn.Module:
         if config.onednn:
             prepack_linear_layers(model)
         return model
 
+    packed(verifier)
     ar_models: dict[str, PreTrainedModel] = {}
     dlms: dict[str, tuple[PreTrainedModel, int, bool]] = {}
     runners = []
