@@ -24,7 +24,7 @@ from diffuspec.evaluation import (
     report_run,
 )
 from diffuspec.evaluation.methods import HFRunner, check_drafter_compatible
-from diffuspec.evaluation.report import PLOTS, round_cost_table
+from diffuspec.evaluation.report import PLOTS, per_task_table, round_cost_table
 from diffuspec.models.tiny import tiny_qwen2
 
 SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
@@ -173,6 +173,13 @@ def test_tiny_jsonl_run(folders, tmp_path):
     steps = sum(split.values()) / m["rounds"] / ar["cost_model"]["ar_step_s"]
     assert float(rows["dlm_cps_adl"][-1].rstrip(" |")) == pytest.approx(steps, abs=0.006)
     assert "## Cost of a round" in (out / "results.md").read_text()
+    # The tau-per-task table: each cell is the method's tau on that task, the last its overall tau.
+    tau_rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in per_task_table(results, "tau").splitlines()[2:]}
+    assert tau_rows["sps"][1:-1] == [f"{methods['sps']['per_task'][t]['tau']:.2f}" for t in results["tasks"]]
+    assert tau_rows["sps"][-1].rstrip(" |") == f"{methods['sps']['tau']:.2f}"
+    assert "## τ per task" in (out / "results.md").read_text()
+    with pytest.raises(ValueError, match="'accepted'"):
+        per_task_table(results, "accepted")
 
 
 def test_spec_bench_multi_turn(folders, tmp_path):

@@ -51,15 +51,19 @@ def _lossless(value: bool | None) -> str:
     return {True: "yes", False: "**NO**", None: "not checked"}[value]
 
 
-def per_task_table(results: dict[str, Any]) -> str:
+def per_task_table(results: dict[str, Any], value: str = "speedup") -> str:
+    """One row per method, one column per task: the median speedup (min–max), or τ with ``value="tau"``."""
+    if value not in ("speedup", "tau"):
+        raise ValueError(f"value must be 'speedup' or 'tau', got {value!r}")
+    cell = _speedup if value == "speedup" else (lambda entry: _num(entry.get("tau")))
     tasks = list(results["tasks"])
     lines = [
         "| Method | " + " | ".join(f"{t} ({results['tasks'][t]})" for t in tasks) + " | Overall |",
         "|---" * (len(tasks) + 2) + "|",
     ]
     for name, m in results["methods"].items():
-        cells = [_speedup(m["per_task"].get(t, {})) for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_speedup(m)} |")
+        cells = [cell(m["per_task"].get(t, {})) for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cell(m)} |")
     return "\n".join(lines)
 
 
@@ -135,7 +139,8 @@ def markdown_report(results: dict[str, Any]) -> str:
         "pooled) as a share of it."
         " transformers methods have no split; their τ is counted from verifier forward passes.\n\n"
     )
-    out.write(f"## Speedup per task\n\n{per_task_table(results)}\n\n## Summary\n\n{summary_table(results)}\n\n")
+    out.write(f"## Speedup per task\n\n{per_task_table(results)}\n\n")
+    out.write(f"## τ per task\n\n{per_task_table(results, value='tau')}\n\n## Summary\n\n{summary_table(results)}\n\n")
     out.write(
         f"## Cost of a round\n\nMean time per round in {results['baseline']} steps (its time per token), so a method "
         "gains only when τ exceeds the round's total. Tokens verified: the mean path length sent to the verifier; other: "
