@@ -51,11 +51,15 @@ def _lossless(value: bool | None) -> str:
     return {True: "yes", False: "**NO**", None: "not checked"}[value]
 
 
+# What a per-task table can show: a cell's text from a per-task (or overall) entry of a method.
+PER_TASK_CELLS = {"speedup": _speedup, "tau": lambda entry: _num(entry.get("tau"))}
+
+
 def per_task_table(results: dict[str, Any], value: str = "speedup") -> str:
     """One row per method, one column per task: the median speedup (min–max), or τ with ``value="tau"``."""
-    if value not in ("speedup", "tau"):
-        raise ValueError(f"value must be 'speedup' or 'tau', got {value!r}")
-    cell = _speedup if value == "speedup" else (lambda entry: _num(entry.get("tau")))
+    if value not in PER_TASK_CELLS:
+        raise ValueError(f"value must be one of {list(PER_TASK_CELLS)}, got {value!r}")
+    cell = PER_TASK_CELLS[value]
     tasks = list(results["tasks"])
     lines = [
         "| Method | " + " | ".join(f"{t} ({results['tasks'][t]})" for t in tasks) + " | Overall |",
