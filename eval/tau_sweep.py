@@ -1,7 +1,7 @@
 """Tokens per round of every method of an eval recipe, one untimed greedy pass: for choosing drafter settings.
 
     python eval/tau_sweep.py --config recipes/smollm2-135m-cpu/eval/config_tree_sweep.yaml \
-        --benchmark-path PATH/question.jsonl --output-dir runs/smollm2_tree_sweep
+        --output-dir runs/smollm2_tree_sweep
 
 At T = 0 tau is deterministic, so one pass over the prompts gives what three timed repeats would, at a third of
 the cost and with no clock to keep quiet (other jobs may share the CPU). The recipe's first method is the baseline:

@@ -1,6 +1,6 @@
 """Random-weight tiny models and a tokenizer, saved as folders, for running the evaluation recipes on a CPU.
 
-    python eval/tiny_models.py --out runs/tiny-random --questions /work/shared/data/spec_bench/question.jsonl
+    python eval/tiny_models.py --out runs/tiny-random
 
 Writes ``verifier/`` (a Qwen2 causal LM), ``ar_drafter/`` (a copy of the verifier: it always agrees, so SpS and
 assisted generation accept every token), ``dlm/`` (a bidirectional Qwen2 with a diffuspec marker: a diffusion
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from diffuspec.decoding.proxy import NGramProxy
 from diffuspec.drafter_config import write_diffuspec_config
+from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from diffuspec.models.tiny import tiny_qwen2
 
@@ -75,7 +76,9 @@ def main(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/tiny-random")
-    parser.add_argument("--questions", required=True, help="Spec-Bench question.jsonl: the tokenizer's training text.")
+    parser.add_argument(
+        "--questions", default=str(SPEC_BENCH_QUESTIONS), help="Spec-Bench question.jsonl: the tokenizer's training text."
+    )
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--hidden-size", type=int, default=256)
     parser.add_argument("--num-layers", type=int, default=4)

@@ -1,7 +1,7 @@
 """What a verify pass costs on this machine, per dtype, and whether block passes keep greedy decoding exact.
 
     python eval/verify_cost.py --verifier runs/smollm2/verifier/model \
-        --prompts PATH/question.jsonl --out runs/bench/verify_cost.json
+        --out runs/bench/verify_cost.json
 
 A benchmark, not a test. For each dtype (``--dtypes``; ``float32-onednn`` is float32 with every linear layer's
 weights prepacked for oneDNN by ``torch.utils.mkldnn.to_mkldnn``, the CPU kernel library's own layout):
@@ -30,6 +30,7 @@ import torch.utils.mkldnn
 
 from diffuspec.decoding.verifier import Verifier
 from diffuspec.dtypes import resolve_dtype
+from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS
 from diffuspec.evaluation.environment import environment
 from diffuspec.files import write_json
 from diffuspec.loading import load_causal_lm, load_tokenizer
@@ -87,7 +88,9 @@ def read_prompts(path: Path, count: int, tokenizer) -> list[torch.Tensor]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verifier", required=True)
-    parser.add_argument("--prompts", type=Path, required=True, help="Spec-Bench question.jsonl or prompt rows.")
+    parser.add_argument(
+        "--prompts", type=Path, default=SPEC_BENCH_QUESTIONS, help="Spec-Bench question.jsonl (default: shipped) or prompt rows."
+    )
     parser.add_argument("--dtypes", default="float32,float32-onednn,bfloat16")
     parser.add_argument("--blocks", default="1,2,4,8,12,16,32,64")
     parser.add_argument("--context", type=int, default=300)

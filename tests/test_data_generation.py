@@ -27,6 +27,7 @@ from diffuspec.datagen import dataset as datagen_dataset
 from diffuspec.datagen import prompts as datagen_prompts
 from diffuspec.datagen import shards as datagen_shards
 from diffuspec.datagen.shards import repair_shard, scan_shards
+from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS
 from diffuspec.models.tiny import tiny_qwen2
 from diffuspec.training.inputs import check_examples
 
@@ -200,9 +201,7 @@ def test_prompt_formats_parse(mixed_prompts, verifier_dir):
 
 
 def test_spec_bench_question_file_parses():
-    path = Path("/work/shared/data/spec_bench/question.jsonl")
-    if not path.is_file():
-        pytest.skip("the Spec-Bench question file is not on this machine")
+    path = SPEC_BENCH_QUESTIONS
     specs = datagen_prompts.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(path), max_prompts=20))
     first = json.loads(path.read_text().splitlines()[0])
     assert specs[0].id == str(first["question_id"]) and specs[0].content[0]["content"] == first["turns"][0]

@@ -1,10 +1,10 @@
 """Benchmark loading: the real Spec-Bench file, JSONL prompts, text folders, token-id lists."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS as SPEC_BENCH
 from diffuspec.evaluation.benchmarks import (
     SPEC_BENCH_TASKS,
     build_prompts,
@@ -14,8 +14,6 @@ from diffuspec.evaluation.benchmarks import (
     load_text_dir,
     questions_from_token_ids,
 )
-
-SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
 
 
 class CharTokenizer:
@@ -36,7 +34,8 @@ class CharTokenizer:
 
 
 def test_spec_bench_tasks_and_counts():
-    questions = load_spec_bench(SPEC_BENCH)
+    assert SPEC_BENCH.is_file()  # shipped inside the package, no path of any machine
+    questions = load_spec_bench()
     counts = {task: sum(q.task == task for q in questions) for task in SPEC_BENCH_TASKS}
     assert counts == {"mt_bench": 80, "translation": 80, "summarization": 80, "qa": 80, "math_reasoning": 80, "rag": 80}
     assert all(len(q.turns) == 2 for q in questions if q.task == "mt_bench")
@@ -55,6 +54,8 @@ def test_unknown_task_and_missing_files(tmp_path):
         load_questions("spec_bench", tmp_path / "missing.jsonl")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         load_jsonl(tmp_path / "missing.jsonl")
+    with pytest.raises(ValueError, match="'jsonl' benchmark needs a path"):
+        load_questions("jsonl", None)
     with pytest.raises(FileNotFoundError, match="no_dir"):
         load_text_dir(tmp_path / "no_dir", CharTokenizer(), 4)
 

