@@ -4,8 +4,10 @@
         --output_dir runs/qwen2.5-0.5b-dlm_qwen2.5-7b/adapted --dtype bfloat16
 
 keeps the first --num_layers decoder layers (default: all), switches attention to bidirectional, keeps the AR
-logit shift and gives the model a mask token (the tokenizer's own, else a spare embedding row, else a new row).
-The folder loads with DiffusionDrafter.from_pretrained and trains with train/train_drafter.py
+logit shift and gives the model a mask token (the tokenizer's own, else a spare embedding row, else an unused
+special token, else a new row; the summary says which). Qwen2 and Llama models are written as Dream checkpoints,
+Gemma-3 text models (gemma3_text) in their own class. The folder loads with DiffusionDrafter.from_pretrained,
+decodes with SpeculativeDecoder.from_pretrained(MODEL, OUTPUT_DIR) and trains with train/train_drafter.py
 (drafter_name_or_path: the folder). Logic: diffuspec.models.adapt.adapt_and_save.
 """
 
@@ -19,14 +21,15 @@ from diffuspec.models.adapt import MASK_TOKEN, AdaptResult, adapt_and_save
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="Causal LM folder or Hub id (Qwen2 or Llama family).")
+    parser.add_argument("--model", required=True, help="Causal LM folder or Hub id (Qwen2, Llama or Gemma-3 text).")
     parser.add_argument("--output_dir", required=True, help="New (or empty) folder for the Dream-format drafter.")
     parser.add_argument("--num_layers", type=int, default=None, help="Keep the first N decoder layers (default: all).")
     parser.add_argument(
         "--mask_token",
         default=None,
-        help=f"Mask token string (default: the tokenizer's mask token, else {MASK_TOKEN!r}). Kept at its id when "
-        "the vocabulary has it; otherwise registered at the first spare embedding row, or at one appended row.",
+        help=f"Mask token string (default: the tokenizer's mask token, else {MASK_TOKEN!r}, else an unused special "
+        "token when the embedding has no spare row). Kept at its id when the vocabulary has it; otherwise registered "
+        "at the first spare embedding row, or at one appended row (which a verifier of the original size refuses).",
     )
     parser.add_argument(
         "--vocab_size",

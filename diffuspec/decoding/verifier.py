@@ -102,6 +102,7 @@ class Verifier:
     def start(self, prompt: torch.Tensor) -> None:
         """Prefill all prompt tokens but the last, which becomes the pending token."""
         self.cache = DynamicCache(config=self.model.config)
+        self.cache.activate_past_recording()  # sliding-window layers keep a round's rows until commit crops them
         self._feature_buffer, self._feature_rows = None, 0
         self.forward_lengths = []
         prompt = prompt.to(self.device)
@@ -142,7 +143,6 @@ class Verifier:
             if self._feature_buffer is not None:
                 self._feature_buffer[self._committed + 1 : keep] = self._feature_buffer[rows]
         extra = self.cache.get_seq_length() - keep
-        if extra > 0:
-            self.cache.crop(-extra)
-            self._feature_rows = min(self._feature_rows, keep)
+        self.cache.crop(-extra)  # crop(0) too: it trims sliding-window layers back to their window
+        self._feature_rows = min(self._feature_rows, keep)
         self.pending = int(next_token)

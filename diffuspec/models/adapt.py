@@ -5,11 +5,15 @@ verifier family's lower layers. The copy keeps the first ``num_layers`` decoder 
 attention and, unless the vocabulary already has one, gains a mask token whose embedding is the mean row
 (a neutral input that carries no token identity). Training (diffuspec.training) does the rest.
 
-``adapt_and_save`` is the user entry point (``train/adapt_drafter.py``): a folder or Hub id in, a Dream-format
-drafter folder out. The mask token goes, in order of preference, to the tokenizer's own mask token, to the first
-spare embedding row (Qwen2.5 pads its embedding to 151,936 rows for 151,665 tokens, so the drafter keeps its
-vocabulary size), or to one appended row. ``vocab_size`` pads the embedding to the verifier's row count, which
-training against the verifier requires (Qwen2.5-7B/32B have 152,064 rows).
+``adapt_and_save`` is the user entry point (``train/adapt_drafter.py``): a folder or Hub id in, a drafter folder
+out. Qwen2 and Llama models become Dream checkpoints; Gemma-3 text models (``gemma3_text``) keep transformers' own
+class (its scaled embedding, (1 + w) RMSNorms, sandwich norms, sliding layers and logit soft-capping) in a
+diffuspec-native folder (``is_causal: false`` plus ``diffuspec_config.json``). The mask token goes, in order of
+preference, to the tokenizer's own mask token, to the first spare embedding row (Qwen2.5 pads its embedding to
+151,936 rows for 151,665 tokens, so the drafter keeps its vocabulary size), to an unused special token when every
+row is a token (SmolLM2's 49,152: its verifier must score every id the drafter has), or to one appended row.
+``vocab_size`` pads the embedding to the verifier's row count, which training against the verifier requires
+(Qwen2.5-7B/32B have 152,064 rows).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
 
+from ..drafter_config import write_diffuspec_config
 from ..dtypes import resolve_dtype
+from ..files import replace_folder_atomically
 from ..loading import TOKENIZER_FILES, has_tokenizer, resolve_local
 from .dream import check_dream_shape, save_dream_format
 from .weights import set_bidirectional
@@ -33,7 +39,10 @@ from .weights import set_bidirectional
 logger = logging.getLogger(__name__)
 
 MASK_TOKEN = "<|mask|>"  # Dream's mask token string
-MaskSource = Literal["tokenizer", "vocabulary", "spare_row", "appended"]
+MaskSource = Literal["tokenizer", "vocabulary", "spare_row", "special_token", "appended"]
+DREAM_TYPES = ("qwen2", "llama")  # written as Dream checkpoints (the format is Qwen2-shaped)
+NATIVE_TYPES = ("gemma3_text",)  # kept in transformers' own class: a diffuspec-native folder
+ROLE_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 def adapt_ar_to_diffusion(
@@ -132,7 +141,8 @@ class MaskChoice:
 
     token: str
     token_id: int
-    source: MaskSource  # tokenizer's mask token / a string already in the vocabulary / first spare row / new row
+    # tokenizer's mask token / a string already in the vocabulary / first spare row / an unused special token / new row
+    source: MaskSource
 
 
 def choose_mask_token(tokenizer: Any, embedding_rows: int, mask_token: str | None = None) -> MaskChoice:
@@ -140,8 +150,9 @@ def choose_mask_token(tokenizer: Any, embedding_rows: int, mask_token: str | Non
 
     ``mask_token`` (default: the tokenizer's mask token, else ``"<|mask|>"``) keeps its id when the vocabulary
     has it. Otherwise the first row past every id the tokenizer uses is taken when the embedding has such a spare
-    row (the drafter then keeps its vocabulary size, which must match the verifier's for training), else one row
-    is appended.
+    row (the drafter then keeps its vocabulary size, which must match the verifier's for training). With no spare
+    row and no ``mask_token`` asked for, an unused special token is taken (``unused_special_token``): a drafter
+    one row larger than its verifier could not decode with it. Only then is one row appended.
     """
     token = mask_token or getattr(tokenizer, "mask_token", None) or MASK_TOKEN
     vocab: dict[str, int] = tokenizer.get_vocab()
@@ -158,11 +169,30 @@ def choose_mask_token(tokenizer: Any, embedding_rows: int, mask_token: str | Non
     if used < embedding_rows:
         return MaskChoice(token, used, "spare_row")
     if used == embedding_rows:
+        special = unused_special_token(tokenizer, embedding_rows) if mask_token is None else None
+        if special is not None:
+            return MaskChoice(special, vocab[special], "special_token")
         return MaskChoice(token, used, "appended")
     raise ValueError(
         f"the tokenizer uses {used} ids but the embedding has only {embedding_rows} rows; "
         "they do not belong to the same model"
     )
+
+
+def unused_special_token(tokenizer: Any, embedding_rows: int) -> str | None:
+    """The special token with the highest id below ``embedding_rows`` that no chat uses: none of the tokenizer's
+    role tokens (BOS, EOS, PAD, ...) and absent from its chat template. SmolLM2: ``<empty_output>`` (id 16), a
+    StarCoder notebook marker. None when there is none. The drafter never proposes its mask token, so the verifier
+    still emits it (at a cost in acceptance only)."""
+    roles = {getattr(tokenizer, name, None) for name in ROLE_TOKENS}
+    template = tokenizer.chat_template or ""
+    template = "".join(template.values()) if isinstance(template, dict) else template
+    unused = [
+        (token_id, added.content)
+        for token_id, added in tokenizer.added_tokens_decoder.items()
+        if added.special and token_id < embedding_rows and added.content not in roles and added.content not in template
+    ]
+    return max(unused)[1] if unused else None
 
 
 def ids_used(tokenizer: Any) -> int:
@@ -210,7 +240,10 @@ class AdaptResult:
             "tokenizer": "the tokenizer's own mask token",
             "vocabulary": "an existing token",
             "spare_row": "a spare embedding row, initialised to the mean row",
-            "appended": "a new embedding row, initialised to the mean row: the vocabulary grew by one",
+            "special_token": "an unused special token of the tokenizer (its row kept): the vocabulary had no spare "
+            "row, and the drafter keeps the verifier's size",
+            "appended": "a new embedding row, initialised to the mean row: the vocabulary grew by one, so a "
+            "verifier of the original size refuses this drafter (name a token it never emits with --mask_token)",
         }[self.mask.source]
         return (
             f"wrote {self.output_dir}: {self.num_layers} of {self.total_layers} decoder layers, bidirectional, "
@@ -231,17 +264,17 @@ def _check_output_dir(out: Path) -> bool:
 
 
 def _check_causal_lm(folder: Path) -> PreTrainedConfig:
-    """The config of a Qwen2/Llama causal LM, or a ValueError naming what the folder is instead."""
+    """The config of a Qwen2, Llama or Gemma-3 text causal LM, or a ValueError naming what the folder is instead."""
     if not (folder / "config.json").is_file():
         raise ValueError(f"model {str(folder)!r} has no config.json, so it is not a model folder")
     try:
         config = AutoConfig.from_pretrained(folder)
     except (ValueError, KeyError) as error:
         raise ValueError(f"model {str(folder)!r}: its config.json is not a transformers causal LM ({error})") from error
-    if config.model_type not in ("qwen2", "llama"):
+    if config.model_type not in DREAM_TYPES + NATIVE_TYPES:
         raise ValueError(
-            f"model {str(folder)!r} has model_type {config.model_type!r}; adaptation needs a Qwen2- or Llama-family "
-            "causal LM (model_type 'qwen2' or 'llama'), because the Dream format is Qwen2-shaped"
+            f"model {str(folder)!r} has model_type {config.model_type!r}; adaptation needs a Qwen2-, Llama- or "
+            f"Gemma-3 text causal LM (model_type one of {DREAM_TYPES + NATIVE_TYPES})"
         )
     architectures = getattr(config, "architectures", None) or []
     not_causal = [name for name in architectures if not name.endswith("ForCausalLM")]
@@ -249,7 +282,8 @@ def _check_causal_lm(folder: Path) -> PreTrainedConfig:
         raise ValueError(f"model {str(folder)!r} is a {not_causal[0]}, not a causal LM (*ForCausalLM)")
     if getattr(config, "is_causal", True) is False:
         raise ValueError(f"model {str(folder)!r} already has bidirectional attention (is_causal: false)")
-    check_dream_shape(config)
+    if config.model_type in DREAM_TYPES:
+        check_dream_shape(config)
     return config
 
 
@@ -262,6 +296,26 @@ def _load_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(folder)
 
 
+def save_native_format(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    out_dir: str | os.PathLike,
+    mask_token_id: int,
+    *,
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+) -> Path:
+    """Write a bidirectional drafter in its own transformers class, atomically: weights, config (``is_causal:
+    false``), tokenizer and ``diffuspec_config.json`` (mask id, shifted logits); ``load_diffusion_model`` reads it."""
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(folder)
+        write_diffuspec_config(folder, mask_token_id=mask_token_id, shifted=True)
+
+    return replace_folder_atomically(fill, Path(out_dir), overwrite=overwrite)
+
+
 def adapt_and_save(
     model: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -272,7 +326,8 @@ def adapt_and_save(
     dtype: torch.dtype | str | None = None,
     max_shard_size: int | str = "5GB",
 ) -> AdaptResult:
-    """Adapt the causal LM ``model`` (folder or Hub id) and write it to ``output_dir`` as a Dream checkpoint.
+    """Adapt the causal LM ``model`` (folder or Hub id) and write it to ``output_dir``: a Dream checkpoint for Qwen2
+    and Llama, a diffuspec-native folder for Gemma-3.
 
     Everything checkable without weights is checked before they load: the output folder (new or empty), the
     model type, ``num_layers`` in [1, layers], ``vocab_size``, the tokenizer and the mask token. ``vocab_size``
@@ -311,7 +366,8 @@ def adapt_and_save(
     if choice.source == "spare_row" and choice.token_id < rows:  # untrained padding: start it as a new row starts
         _write_row(drafter, choice.token_id, _row_means(drafter, used))
     named = _name_mask_token(tokenizer, choice)
-    save_dream_format(drafter, named, out, choice.token_id, max_shard_size=max_shard_size, overwrite=replace_empty)
+    save = save_dream_format if config.model_type in DREAM_TYPES else save_native_format
+    save(drafter, named, out, choice.token_id, max_shard_size=max_shard_size, overwrite=replace_empty)
     return AdaptResult(
         output_dir=out,
         num_layers=keep,
