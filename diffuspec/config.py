@@ -69,6 +69,16 @@ class ADLConfig:
         )
 
 
+def adl_within_block(block: int | None) -> ADLConfig:
+    """ADL whose every draft fits a drafter's ``block`` slots (None: any length): the defaults when they fit, else
+    k_max = block with k_min and delta a third of it (12 slots: 4..12 in steps of 4, the SmolLM2 preset's)."""
+    default = ADLConfig()
+    if block is None or default.k_max <= block:
+        return default
+    third = max(1, round(block / 3))
+    return ADLConfig(k_min=third, k_max=block, delta=third)
+
+
 @dataclass
 class TreeConfig:
     """Token-tree verification (``diffuspec.decoding.tree``): many lattice paths checked in one verifier pass.
@@ -124,6 +134,12 @@ class DecodeConfig:
             self.tree is None or isinstance(self.tree, TreeConfig),
             f"DecodeConfig.tree must be a TreeConfig or None, got {type(self.tree).__name__}",
         )
+
+    @classmethod
+    def for_block(cls, block: int | None) -> DecodeConfig:
+        """The defaults, with ADL within a drafter's ``block`` slots (None: any length): how a drafter decodes when
+        its folder recommends nothing."""
+        return cls(adl=adl_within_block(block))
 
     @property
     def max_draft_length(self) -> int:

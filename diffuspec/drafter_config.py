@@ -29,7 +29,9 @@ class DiffuspecConfig:
 
     mask_token_id: int
     shifted: bool  # slot s is read from output row s - 1 (Dream) rather than row s (LLaDA)
-    verifier: dict[str, Any] | None = None  # {"name": str, "vocab_size": int}: the model it was aligned to
+    # {"name": str, "vocab_size": int, "fingerprint": str}: the model it was aligned to (fingerprint: see
+    # diffuspec.models.conditioned.model_fingerprint; absent in folders written before it existed)
+    verifier: dict[str, Any] | None = None
     recommended_decode: dict[str, Any] | None = None  # DecodeConfig.to_dict() of the settings the evaluation chose
     objectives: dict[str, float] = field(default_factory=dict)  # objective name -> loss weight
     diffuspec_version: str | None = None
@@ -40,9 +42,12 @@ class DiffuspecConfig:
         if not isinstance(self.shifted, bool):
             raise ValueError(f"shifted must be true or false, got {self.shifted!r}")
         if self.verifier is not None:
-            unknown = set(self.verifier) - {"name", "vocab_size"}
-            if unknown or not isinstance(self.verifier.get("name"), str):
-                raise ValueError(f'verifier must be {{"name": str, "vocab_size": int}}, got {self.verifier!r}')
+            unknown = set(self.verifier) - {"name", "vocab_size", "fingerprint"}
+            fingerprint = self.verifier.get("fingerprint")
+            if unknown or not isinstance(self.verifier.get("name"), str) or not isinstance(fingerprint, str | None):
+                raise ValueError(
+                    f'verifier must be {{"name": str, "vocab_size": int, "fingerprint": str}}, got {self.verifier!r}'
+                )
             vocab = self.verifier.get("vocab_size")
             if vocab is not None and not (isinstance(vocab, int) and self.mask_token_id < vocab):
                 raise ValueError(
@@ -54,10 +59,11 @@ class DiffuspecConfig:
         if self.recommended_decode is not None:
             self.decode_config()  # CPSConfig / ADLConfig reject unknown keys and bad values
 
-    def decode_config(self, proxy: Any = None) -> DecodeConfig:
-        """The recommended ``DecodeConfig`` (defaults when none is recorded); ``proxy`` goes to CPS."""
+    def decode_config(self, proxy: Any = None, block: int | None = None) -> DecodeConfig:
+        """The recommended ``DecodeConfig``; when none is recorded, the defaults with ADL within the drafter's
+        ``block`` slots (``DecodeConfig.for_block``). ``proxy`` goes to CPS."""
         if self.recommended_decode is None:
-            return DecodeConfig()
+            return DecodeConfig.for_block(block)
         return DecodeConfig.from_dict(self.recommended_decode, "recommended_decode", proxy=proxy)
 
 
@@ -68,6 +74,7 @@ def write_diffuspec_config(
     shifted: bool,
     verifier: str | None = None,
     verifier_vocab_size: int | None = None,
+    verifier_fingerprint: str | None = None,
     recommended_decode: DecodeConfig | None = None,
     objectives: Mapping[str, float] | None = None,
 ) -> Path:
@@ -75,15 +82,29 @@ def write_diffuspec_config(
     config = DiffuspecConfig(
         mask_token_id=int(mask_token_id),
         shifted=bool(shifted),
-        verifier=None if verifier is None else {"name": str(verifier), "vocab_size": verifier_vocab_size},
+        verifier=None if verifier is None else _verifier_record(verifier, verifier_vocab_size, verifier_fingerprint),
         recommended_decode=None if recommended_decode is None else recommended_decode.to_dict(),
         objectives={str(k): float(v) for k, v in (objectives or {}).items()},
         diffuspec_version=__version__,
     )
+    return _write(folder, config)
+
+
+def _write(folder: str | os.PathLike, config: DiffuspecConfig) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"drafter folder {folder} does not exist")
     return write_json(folder / CONFIG_FILE, dataclasses.asdict(config))
+
+
+def _verifier_record(name: str, vocab_size: int | None, fingerprint: str | None) -> dict[str, Any]:
+    record = {"name": str(name), "vocab_size": vocab_size}
+    return record if fingerprint is None else {**record, "fingerprint": fingerprint}
+
+
+def record_recommended_decode(folder: str | os.PathLike, decode: DecodeConfig) -> Path:
+    """Add ``decode`` as the recommended decoding to an existing ``folder/diffuspec_config.json`` (the rest kept)."""
+    return _write(folder, dataclasses.replace(read_diffuspec_config(folder), recommended_decode=decode.to_dict()))
 
 
 def has_diffuspec_config(folder: str | os.PathLike) -> bool:

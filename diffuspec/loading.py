@@ -18,6 +18,8 @@
 
 - ``load_conditioned_model``: a feature-conditioned drafter, diffuspec's own or a DFlash checkpoint
   (``architectures: ["DFlashDraftModel"]``, translated by ``models/dflash.py``).
+- ``drafter_kind``: which of these a drafter folder holds (conditioned, diffusion, or a plain causal LM drafting
+  autoregressively), from its config files alone.
 
 Drafter objects (``DiffusionDrafter``, ``ConditionedDrafter``) are built from these by ``diffuspec.drafters``.
 """
@@ -28,10 +30,11 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .devices import resolve_device
 from .drafter_config import CONFIG_FILE, has_diffuspec_config, read_diffuspec_config
@@ -43,6 +46,8 @@ from .models.llada import load_llada
 from .models.weights import set_bidirectional
 
 QUANTIZATIONS = ("8bit", "4bit")
+DIFFUSION_MODEL_TYPES = ("Dream", "dream", "llada")  # checkpoints load_diffusion_model reads without a marker file
+DrafterKind = Literal["conditioned", "diffusion", "autoregressive"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
@@ -95,6 +100,19 @@ def is_conditioned_drafter(folder: str | os.PathLike) -> bool:
     return read_model_config(folder).get("model_type") == ConditionedDrafterConfig.model_type or (
         is_dflash_checkpoint(folder)
     )
+
+
+def drafter_kind(folder: str | os.PathLike) -> DrafterKind:
+    """What a drafter folder holds, by its config files: a conditioned drafter (diffuspec's or DFlash's), a diffusion
+    LM (a diffuspec marker file, Dream or LLaDA), or a causal LM transformers knows (drafting autoregressively).
+    Anything else is a diffusion LM that only ``load_diffusion_model`` can explain (remote code, or an error)."""
+    raw = read_model_config(folder)
+    if is_conditioned_drafter(folder):
+        return "conditioned"
+    if has_diffuspec_config(folder) or raw.get("model_type") in DIFFUSION_MODEL_TYPES:
+        return "diffusion"
+    causal = raw.get("is_causal", True) is not False and raw.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    return "autoregressive" if causal else "diffusion"
 
 
 def load_conditioned_model(
@@ -191,7 +209,7 @@ def load_diffusion_model(
 
     if has_diffuspec_config(folder):
         return _load_native(folder, raw, dtype, device_map, kwargs)
-    if model_type in ("Dream", "dream", "llada"):
+    if model_type in DIFFUSION_MODEL_TYPES:
         attn_implementation = kwargs.pop("attn_implementation", None)
         kwargs.pop("quantization_config", None)
         if kwargs:

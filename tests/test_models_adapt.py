@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from diffuspec import ADLConfig, DecodeConfig, DiffusionDrafter, SpeculativeDecoder
+from diffuspec.drafter_config import read_diffuspec_config
 from diffuspec.drafters.diffusion import check_bidirectional
 from diffuspec.loading import load_diffusion_model
 from diffuspec.models.adapt import MASK_TOKEN, MaskChoice, adapt_and_save, adapt_ar_to_diffusion, choose_mask_token
@@ -147,6 +148,19 @@ def test_choose_mask_token_spare_row_skips_every_used_id():
     assert choose_mask_token(tokenizer, ROWS) == MaskChoice(MASK_TOKEN, N_TOKENS + 2, "spare_row")
 
 
+def test_choose_mask_token_without_a_spare_row_takes_an_unused_special_token():
+    """Every row a token (SmolLM2): the highest special token that is no role token and not in the chat template."""
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<turn>", "<spare_a>", "<spare_b>"]})
+    tokenizer.chat_template = "{% for m in messages %}<turn>{{ m['content'] }}{% endfor %}"
+    rows = N_TOKENS + 3
+    assert choose_mask_token(tokenizer, rows) == MaskChoice("<spare_b>", N_TOKENS + 2, "special_token")
+    assert choose_mask_token(tokenizer, rows + 1) == MaskChoice(MASK_TOKEN, rows, "spare_row")  # a spare row first
+    assert choose_mask_token(tokenizer, rows, "<m>") == MaskChoice("<m>", rows, "appended")  # a named token wins
+    tokenizer.chat_template += "<spare_a><spare_b>"
+    assert choose_mask_token(tokenizer, rows) == MaskChoice(MASK_TOKEN, rows, "appended")  # none left unused
+
+
 def test_choose_mask_token_refuses_a_tokenizer_larger_than_the_embedding():
     with pytest.raises(ValueError, match="uses 40 ids but the embedding has only 39 rows"):
         choose_mask_token(make_tokenizer(), N_TOKENS - 1)
@@ -224,9 +238,13 @@ def test_adapt_train_and_decode_losslessly(verifier_dir, tmp_path):
         "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "1e-3",
         "--block_ce_weight", "1", "--kl_weight", "1", "--block_size", "4", "--anchors_per_sequence", "2",
         "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+        "--eval_k_min", "2", "--eval_k_max", "6",
     ]  # fmt: skip
     trainer = load_train_script().main(*parse_config(argv))
     assert trainer.state.global_step == 2 and type(trainer.teacher).__name__ == "OnlineTeacher"
+    # the folder recommends its evaluation's decoding, which from_pretrained uses when given no config
+    recommended = DecodeConfig(adl=ADLConfig(k_min=2, k_max=6), draft_length=6)
+    assert read_diffuspec_config(aligned).decode_config() == recommended
 
     drafter = DiffusionDrafter.from_pretrained(aligned)
     assert (drafter.mask_token_id, drafter.shifted) == (N_TOKENS, True)
@@ -266,6 +284,35 @@ def test_adapt_keeps_the_tokenizers_own_mask_token(tmp_path):
     assert mask_token_id == N_TOKENS and drafter.dtype == torch.float64
     embed = model.model.embed_tokens.weight.to(torch.float64)
     assert torch.equal(drafter.model.embed_tokens.weight, embed)  # its own (trained) row is kept as is
+
+
+def test_smollm2_like_gguf_adapts_within_its_vocabulary_and_decodes_losslessly(tmp_path):
+    """SmolLM2's layout (a converted GGUF whose 600 ids are all tokens): the documented command takes the unused
+    ``<empty_output>`` as the mask, so the drafter has the verifier's vocabulary and the one-liner decodes with it
+    exactly as greedy ``generate`` does."""
+    pytest.importorskip("gguf")
+    from gguf_files import write_tiny_llama_gguf
+
+    from diffuspec.models.packaged import convert_gguf
+
+    (tmp_path / "gguf").mkdir()
+    verifier_dir = convert_gguf(write_tiny_llama_gguf(tmp_path / "gguf" / "tiny.gguf"), tmp_path / "verifier")
+    rows = json.loads((verifier_dir / "config.json").read_text())["vocab_size"]
+    tokenizer = AutoTokenizer.from_pretrained(verifier_dir)
+    assert len(tokenizer) == rows  # no spare row
+    out = tmp_path / "adapted"
+    result = load_adapt_script().main(["--model", str(verifier_dir), "--num_layers", "1", "--output_dir", str(out)])
+    mask_id = tokenizer.convert_tokens_to_ids("<empty_output>")
+    assert result.mask == MaskChoice("<empty_output>", mask_id, "special_token") and result.vocab_size == rows
+    assert "<empty_output>" in result.summary() and "unused special token" in result.summary()
+
+    decoder = SpeculativeDecoder.from_pretrained(verifier_dir, out)  # no config
+    assert decoder.drafter.vocab_size == rows and decoder.drafter.mask_token_id == mask_id
+    ids = tokenizer("Translate the following sentence", return_tensors="pt").input_ids
+    generated = decoder.generate(ids, max_new_tokens=16)
+    expected = decoder.verifier.model.generate(ids, max_new_tokens=16, do_sample=False)
+    assert generated.sequences.tolist() == expected.tolist()
+    assert sum(generated.stats.draft_lengths) > 0
 
 
 @pytest.fixture

@@ -113,16 +113,19 @@ class SpeculativeDecoder:
         draft_vocab: str | os.PathLike | None = None,
     ) -> SpeculativeDecoder:
         """Load a verifier (any causal LM folder or Hub id) and a drafter folder or Hub id: a diffusion drafter
-        (Dream, LLaDA, diffuspec) or a feature-conditioned one (``diffuspec.drafters.load_drafter``).
+        (Dream, LLaDA, diffuspec), a feature-conditioned one or a causal LM (``diffuspec.drafters.load_drafter``).
+
+        ``config=None`` decodes as the drafter's folder recommends, else with ADL within its block
+        (``diffuspec.drafters.recommended_decode_config``); without a drafter, plain decoding.
 
         ``drafter_quantization="8bit"`` / ``"4bit"`` loads a diffusion drafter through bitsandbytes; it is checked
         before the verifier loads, so a missing package fails at once. ``draft_vocab`` is a ``DraftVocabulary`` file
         (read before any weights) whose ids alone the drafter's head scores. Loading itself is
         ``diffuspec.loading``'s.
         """
-        from ..drafters import load_drafter
+        from ..drafters import load_drafter, recommended_decode_config
         from ..drafters.vocabulary import DraftVocabulary
-        from ..loading import bitsandbytes_config, load_causal_lm
+        from ..loading import bitsandbytes_config, load_causal_lm, resolve_local
 
         bitsandbytes_config(drafter_quantization, dtype)
         if draft_vocab is not None and drafter is None:
@@ -131,14 +134,16 @@ class SpeculativeDecoder:
         verifier_model = load_causal_lm(verifier, dtype=dtype, device_map=device_map)
         draft = None
         if drafter is not None:
+            folder = resolve_local(drafter)
             draft = load_drafter(
-                drafter,
+                folder,
                 verifier_model,
                 dtype=dtype,
                 device_map=drafter_device_map or device_map,
                 quantization=drafter_quantization,
                 vocabulary=vocabulary,
             )
+            config = config if config is not None else recommended_decode_config(folder, draft)
         return cls(verifier_model, draft, config)
 
     # -- validation -------------------------------------------------------------------------------------------

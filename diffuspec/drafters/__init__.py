@@ -1,4 +1,5 @@
-"""Drafters behind the ``Drafter`` interface, and ``load_drafter``: the right one for a saved folder."""
+"""Drafters behind the ``Drafter`` interface; ``load_drafter``: the right one for a saved folder, and
+``recommended_decode_config``: how that folder says to decode with it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,23 @@ import os
 import torch
 from transformers import PreTrainedModel
 
+from ..config import DecodeConfig
 from ..decoding.drafter import Drafter
-from ..loading import is_conditioned_drafter, resolve_local
+from ..drafter_config import has_diffuspec_config, read_diffuspec_config
+from ..loading import drafter_kind, resolve_local
+from .autoregressive import AutoregressiveDrafter
 from .conditioned import ConditionedDrafter
 from .diffusion import DiffusionDrafter
 from .vocabulary import DraftVocabulary
+
+__all__ = [
+    "ConditionedDrafter",
+    "DiffusionDrafter",
+    "DraftVocabulary",
+    "HybridDrafter",
+    "PromptLookupDrafter",
+    "load_drafter",
+]
 
 
 def load_drafter(
@@ -23,16 +36,33 @@ def load_drafter(
     quantization: str | None = None,
     vocabulary: DraftVocabulary | None = None,
 ) -> Drafter:
-    """A feature-conditioned drafter (which borrows ``verifier_model``'s embedding and head) or a diffusion
-    drafter (Dream, LLaDA or diffuspec-native), by the folder's ``config.json``; ``dtype=None`` keeps the stored one.
-    ``vocabulary``: the draft vocabulary its head scores (None: every id)."""
+    """The drafter a folder holds, by its config files (``diffuspec.loading.drafter_kind``): a feature-conditioned
+    drafter (which borrows ``verifier_model``'s embedding and head), a diffusion drafter (Dream, LLaDA or
+    diffuspec-native) or a plain causal LM drafting autoregressively; ``dtype=None`` keeps the stored dtype.
+    ``quantization`` applies to diffusion drafters; ``vocabulary`` (the draft vocabulary its head scores; None:
+    every id) to diffusion and conditioned ones."""
     folder = resolve_local(name_or_path)
-    if is_conditioned_drafter(folder):
-        if quantization is not None:
-            raise ValueError(f"quantization={quantization!r} applies to diffusion drafters, not to {folder}")
+    kind = drafter_kind(folder)
+    if kind != "diffusion" and quantization is not None:
+        raise ValueError(f"quantization={quantization!r} applies to diffusion drafters, not to the {kind} {folder}")
+    if kind == "conditioned":
         return ConditionedDrafter.from_pretrained(
             folder, verifier_model, dtype=dtype, device_map=device_map, vocabulary=vocabulary
         )
+    if kind == "autoregressive":
+        if vocabulary is not None:
+            raise ValueError(f"a draft vocabulary applies to diffusion and conditioned drafters, not to {folder}")
+        return AutoregressiveDrafter.from_pretrained(folder, dtype=dtype, device_map=device_map)
     return DiffusionDrafter.from_pretrained(
         folder, dtype=dtype, device_map=device_map, quantization=quantization, vocabulary=vocabulary
     )
+
+
+def recommended_decode_config(name_or_path: str | os.PathLike, drafter: Drafter) -> DecodeConfig:
+    """How to decode with the drafter a folder holds: the decoding its trainer recorded (``diffuspec_config.json``'s
+    ``recommended_decode``), else the defaults with ADL within the drafter's block (``DecodeConfig.for_block``)."""
+    folder = resolve_local(name_or_path)
+    block = drafter.max_draft_length()
+    if has_diffuspec_config(folder):
+        return read_diffuspec_config(folder).decode_config(block=block)
+    return DecodeConfig.for_block(block)

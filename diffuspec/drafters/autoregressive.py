@@ -6,6 +6,8 @@ matches the committed sequence (a rejected draft is cropped away) and encodes on
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
@@ -18,6 +20,19 @@ class AutoregressiveDrafter(Drafter):
         self.model = model.eval()
         self.vocab_size = int(model.config.get_text_config().vocab_size)
         self.reset()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype | str | None = None,
+        device_map: str | dict | None = None,
+    ) -> AutoregressiveDrafter:
+        """Any transformers causal LM folder or Hub id (``diffuspec.loading.load_causal_lm``)."""
+        from ..loading import load_causal_lm
+
+        return cls(load_causal_lm(path, dtype=dtype, device_map=device_map))
 
     def reset(self) -> None:
         self.cache: DynamicCache | None = None

@@ -31,7 +31,9 @@ and are always frozen: updating them would change the verifier itself.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +60,7 @@ __all__ = [
     "SequenceMemory",
     "block_targets",
     "check_verifier_compatible",
+    "model_fingerprint",
     "spread_feature_layers",
     "unsupported_rope",
     "verifier_features",
@@ -186,8 +189,11 @@ class ConditionedDrafterConfig(PreTrainedConfig):
     final_logit_softcapping: float | None = None  # ... then tanh(logits / c) * c when set
 
     # -- verifier record --
-    # Hub id or folder name of the verifier the drafter was trained against (None: unknown, not checked).
+    # Hub id or folder name of the verifier the drafter was trained against (None: unknown), for messages; compared
+    # only when no fingerprint is recorded (drafters saved before fingerprints).
     verifier_name: str | None = None
+    # model_fingerprint of that verifier (None: unknown): it is recognised by what it is, wherever it sits.
+    verifier_fingerprint: str | None = None
     # Width of each feature layer; the fusion projection reads len(feature_layers) * verifier_hidden_size.
     verifier_hidden_size: int = 256
     # Layer count of that verifier (None: unknown); feature layer ids index its hidden_states, so they must agree.
@@ -329,6 +335,27 @@ class ConditionedDrafterConfig(PreTrainedConfig):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+FINGERPRINT_ROWS = 64  # embedding and LM-head rows hashed: enough to tell two checkpoints apart, cheap at any size
+
+
+@torch.no_grad()
+def model_fingerprint(model: PreTrainedModel) -> str:
+    """What a model is, as a short hash, wherever it was loaded from: its text config's type and sizes, and
+    ``FINGERPRINT_ROWS`` rows spread over its embedding and LM head, rounded to bfloat16 so that float32 and bfloat16
+    loads of one checkpoint agree. Cheap: a few rows, not the weights."""
+    text = model.config.get_text_config()
+    digest = hashlib.sha256(f"{text.model_type}:{text.hidden_size}:{text.num_hidden_layers}".encode())
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        if module is None:
+            continue
+        weight = module.weight
+        rows = torch.linspace(0, weight.shape[0] - 1, min(FINGERPRINT_ROWS, weight.shape[0])).round().long()
+        sample = weight[rows.to(weight.device)].to("cpu", torch.bfloat16)
+        digest.update(str(tuple(weight.shape)).encode())
+        digest.update(sample.view(torch.int16).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 def _model_name(name: str | None) -> str | None:
     """Comparable model name: the last path part, lower-cased; a Hub cache folder maps back to its repo name."""
     if not name:
@@ -339,13 +366,43 @@ def _model_name(name: str | None) -> str | None:
     return re.split(r"[/\\]", name.rstrip("/\\"))[-1].lower() or None
 
 
+def _model_names(name: str | None) -> set[str]:
+    """The comparable names of a Hub id or path; an existing path adds its resolved target's (a symlink's)."""
+    names = {_model_name(name)}
+    if name and os.path.exists(name):
+        names.add(_model_name(os.path.realpath(name)))
+    return names - {None}
+
+
+def _identity_problem(config: ConditionedDrafterConfig, verifier: PreTrainedModel) -> str | None:
+    """Why ``verifier`` is not the recorded one, or None. With a recorded fingerprint, the weights decide and any
+    name or path passes; a drafter saved before fingerprints compares names, symlinks resolved."""
+    given_name = verifier.config.name_or_path
+    if config.verifier_fingerprint is not None:
+        given = model_fingerprint(verifier)
+        if given == config.verifier_fingerprint:
+            return None
+        return (
+            f"{given_name or 'an unnamed model'} is a different model from the recorded {config.verifier_name!r} "
+            f"(weights fingerprint {given} != recorded {config.verifier_fingerprint})"
+        )
+    recorded, given = _model_names(config.verifier_name), _model_names(given_name)
+    if recorded and given and not recorded & given:
+        return (
+            f"name {given_name!r} != recorded {config.verifier_name!r} (this drafter records no weights fingerprint; "
+            "a renamed copy of the same model may pass check_name=False)"
+        )
+    return None
+
+
 def check_verifier_compatible(
     config: ConditionedDrafterConfig, verifier: PreTrainedModel, check_name: bool = True
 ) -> None:
     """Refuse a verifier the drafter was not built for; the message names the mismatch and the recorded value.
 
     Checked: hidden size, layer count (recorded count, and every feature layer id in range), vocabulary (rows of
-    the embedding and of the LM head) and, when both are known and ``check_name``, the model name."""
+    the embedding and of the LM head) and, when those fit and ``check_name``, identity: the recorded weights
+    fingerprint, else (older drafters) the recorded model name."""
     text = verifier.config.get_text_config()
     problems = []
     if text.hidden_size != config.verifier_hidden_size:
@@ -367,12 +424,9 @@ def check_verifier_compatible(
     elif config.mask_token_id is not None and not bool(embed.weight[config.mask_token_id].any()):
         # a zero input vector gives zero queries: every mask slot of the first layer would read the same average
         problems.append(f"its embedding row of mask_token_id {config.mask_token_id} is all zeros; choose another id")
-    recorded, given = _model_name(config.verifier_name), _model_name(verifier.config.name_or_path)
-    if check_name and recorded and given and recorded != given:
-        problems.append(
-            f"name {verifier.config.name_or_path!r} != recorded {config.verifier_name!r} (a renamed copy of the "
-            "same model may pass check_name=False)"
-        )
+    identity = _identity_problem(config, verifier) if check_name and not problems else None
+    if identity is not None:
+        problems.append(identity)
     if problems:
         raise ValueError(
             f"this conditioned drafter was built for another verifier ({config.verifier_name or 'unnamed'}, hidden "

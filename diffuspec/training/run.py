@@ -18,10 +18,11 @@ import torch
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..drafter_config import write_diffuspec_config
+from ..config import DecodeConfig
+from ..drafter_config import record_recommended_decode, write_diffuspec_config
 from ..files import write_json
 from ..loading import load_causal_lm, load_conditioned_model, resolve_local
-from ..models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
+from ..models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel, model_fingerprint
 from .callbacks import AcceptanceCallback
 from .conditioned_collator import ConditionedCollator
 from .conditioned_config import ConditionedDataArguments, ConditionedModelArguments, ConditionedTrainingConfig
@@ -146,11 +147,15 @@ def run_drafter_training(
     ###############
     # Save (model folders carry diffuspec_config.json: they load with DiffusionDrafter.from_pretrained)
     ###############
+    # The recommended decoding is the acceptance evaluation's (run or not): from_pretrained decodes with it.
     trainer.save_model(training_args.output_dir)
+    if trainer.args.should_save:
+        record_recommended_decode(training_args.output_dir, training_args.eval_decode_config())
     logger.info(f"Drafter saved to {training_args.output_dir}")
     if model_args.use_lora and model_args.merge_and_save and trainer.args.should_save:
         merged_dir = os.path.join(training_args.output_dir, "merged")
         save_merged(trainer.accelerator.unwrap_model(trainer.model), merged_dir, mask_token_id, shifted, tokenizer)
+        record_recommended_decode(merged_dir, training_args.eval_decode_config())
         logger.info(f"Merged LoRA drafter saved to {merged_dir}")
     trainer.accelerator.wait_for_everyone()
     return trainer
@@ -196,6 +201,8 @@ def run_conditioned_training(
         )
         torch.manual_seed(training_args.seed)
         model = ConditionedDrafterModel(config, verifier=verifier)
+    # the verifier is recognised by its weights wherever it is loaded from later (its name stays for messages)
+    model.config.verifier_fingerprint = model_fingerprint(verifier)
     if model_args.use_lora:
         # No input-gradient hook: the drafter embeds through the verifier's matrix without gradient, and
         # transformers checkpoints activations non-reentrantly, so adapters get their gradients either way.
@@ -240,6 +247,9 @@ def run_conditioned_training(
             shifted=False,  # slot i is read from its own row: it predicts the token at anchor + 1 + i
             verifier=model_args.verifier_name_or_path,
             verifier_vocab_size=int(model.config.vocab_size),
+            verifier_fingerprint=model.config.verifier_fingerprint,
+            # no evaluation runs here: ADL within the block, the SmolLM2 preset's 4..12 by 4 for 12 slots
+            recommended_decode=DecodeConfig.for_block(model.config.block_size),
             objectives={name: weight for name, weight in objectives.items() if weight > 0},
         )
         write_json(out / LOG_FILE, trainer.state.log_history, indent=1)
