@@ -69,8 +69,10 @@ class ConditionedDrafter(Drafter):
         """Load a saved drafter (diffuspec's format or a DFlash checkpoint) and attach ``verifier_model``'s
         embedding and LM head.
 
-        Refuses (ValueError) a verifier whose hidden size, layer count, vocabulary or, when both are known and
-        ``check_name``, name differs from the drafter's record, or that lacks one of its feature layers."""
+        Refuses (ValueError) a verifier whose hidden size, layer count or vocabulary differs from the drafter's
+        record, that lacks one of its feature layers or, with ``check_name``, that is another model: its weights
+        fingerprint differs from the recorded one (whatever its path), or, for drafters saved before fingerprints,
+        its name does (``diffuspec.models.conditioned.check_verifier_compatible``)."""
         model = load_conditioned_model(path, dtype=dtype, device_map=device_map)
         model.attach_verifier(verifier_model, check_name=check_name)
         return cls(model, vocabulary=vocabulary)
