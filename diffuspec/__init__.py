@@ -7,6 +7,7 @@ from .decoding.loop import DecodeStats, GenerateOutput, SpeculativeDecoder
 from .drafters.autoregressive import AutoregressiveDrafter
 from .drafters.conditioned import ConditionedDrafter
 from .drafters.diffusion import DiffusionDrafter
+from .drafters.hybrid import HybridDrafter
 from .drafters.prompt_lookup import PromptLookupDrafter
 from .drafters.vocabulary import DraftVocabulary
 from .version import __version__
@@ -24,6 +25,7 @@ __all__ = [
     "DraftVocabulary",
     "Drafter",
     "GenerateOutput",
+    "HybridDrafter",
     "Lattice",
     "PromptLookupDrafter",
     "SpeculativeDecoder",

@@ -10,6 +10,7 @@ import torch
 
 from .config import ADLConfig, CPSConfig, DecodeConfig, TreeConfig
 from .decoding.proxy import load_proxy
+from .drafters.hybrid import MODES as HYBRID_MODES
 from .dtypes import DTYPE_NAMES
 from .extras import MissingExtraError, require
 
@@ -57,9 +58,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from .decoding.loop import SpeculativeDecoder
+    from .drafters.hybrid import HybridDrafter
+    from .drafters.prompt_lookup import PromptLookupDrafter
     from .loading import resolve_local
 
     config = decode_config_from_args(args)
+    lookup = None
+    if args.hybrid is not None:  # checked before any weights load
+        if args.drafter is None:
+            raise ValueError(f"--hybrid {args.hybrid} needs a --drafter: the copy joins that drafter's lattice")
+        lookup = PromptLookupDrafter(max_ngram=args.max_ngram, min_ngram=args.min_ngram)
     verifier_path = resolve_local(args.verifier)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
     decoder = SpeculativeDecoder.from_pretrained(
@@ -70,6 +78,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         device_map=args.device,
         draft_vocab=args.draft_vocab,
     )
+    if lookup is not None:
+        hybrid = HybridDrafter(decoder.drafter, lookup, mode=args.hybrid, cps=config.cps)
+        decoder = SpeculativeDecoder(decoder.verifier.model, hybrid, config)
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
         input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
@@ -174,6 +185,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--verifier", required=True, help="Causal LM folder or Hub id (also gives the tokenizer).")
     gen.add_argument("--drafter", default=None, help="Diffusion drafter folder or Hub id (none: plain decoding).")
     gen.add_argument("--draft-vocab", default=None, help="Draft vocabulary file (diffuspec draft-vocab): ids scored.")
+    gen.add_argument(
+        "--hybrid",
+        nargs="?",
+        const="select",
+        choices=HYBRID_MODES,
+        default=None,
+        help="Also copy from the prompt (HybridDrafter): 'select' each round's likelier proposal (the default), or "
+        "'merge' the copy into the drafter's lattice.",
+    )
+    gen.add_argument("--max-ngram", type=int, default=3, help="Longest tail n-gram the --hybrid copy matches.")
+    gen.add_argument("--min-ngram", type=int, default=1, help="Shortest tail n-gram the --hybrid copy matches.")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--chat", action="store_true", help="Wrap the prompt in the verifier's chat template.")
     gen.add_argument("--max-new-tokens", type=int, default=128)

@@ -22,10 +22,12 @@ METHODS = {
     "dlm_aligned",
     "dlm_aligned_tree",
     "dlm_aligned_tree_cost",
+    "dlm_aligned_hybrid",
     "dlm_aligned_plain",
     "dlm_conditioned",
     "dlm_conditioned_tree",
     "dlm_conditioned_tree_cost",
+    "dlm_conditioned_hybrid",
 }
 
 

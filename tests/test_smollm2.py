@@ -59,9 +59,9 @@ def test_the_preset_times_every_harness_method_and_no_tree(tmp_path):
     methods = smollm2.eval_methods(config, inputs)
     names = [m.get("name", m["kind"]) for m in methods]
     assert names == ["ar", "hf_generate", "pld", "hf_pld", "hf_assisted", "dlm_unaligned", "dlm_aligned",
-                     "dlm_aligned_plain", "dlm_conditioned"]  # fmt: skip
+                     "dlm_aligned_hybrid", "dlm_aligned_plain", "dlm_conditioned", "dlm_conditioned_hybrid"]  # fmt: skip
     vocab = str(tmp_path / "draft_vocab" / "draft_vocab.json")
-    assert [m.get("draft_vocab") for m in methods] == [None] * 5 + [vocab] * 4  # every lattice drafter
+    assert [m.get("draft_vocab") for m in methods] == [None] * 5 + [vocab] * 6  # every lattice drafter
     no_vocab = load_pipeline("smollm2", {"draft_vocab_size": 0})[0]
     assert all("draft_vocab" not in m for m in smollm2.eval_methods(no_vocab, inputs))
 

@@ -2,6 +2,8 @@
 
 A lattice holds, for each of the k draft slots, the drafter's best candidates sorted by log-prob
 (top-M ids and values), the log-prob of each EOS id (CPS always keeps EOS), and the raw argmax draft.
+``branches`` are whole token paths the drafter vouches for apart from the per-slot marginals (a copied
+continuation): a token tree holds each of them as its own branch, whatever its score.
 Keeping only the top M per slot makes a lattice cheap to build and to move for any vocabulary size.
 """
 
@@ -20,6 +22,7 @@ class Lattice:
     eos_logprobs: torch.Tensor  # [k, E] float32, log-prob of each EOS id (E may be 0)
     eos_token_ids: tuple[int, ...]
     draft: torch.Tensor  # [k] long, raw per-slot argmax
+    branches: tuple[torch.Tensor, ...] = ()  # [<= k] long paths a token tree inserts whole (none: marginals only)
 
     @property
     def k(self) -> int:
@@ -72,7 +75,10 @@ class Lattice:
         )
 
     def truncate(self, k: int) -> Lattice:
-        return Lattice(self.ids[:k], self.logprobs[:k], self.eos_logprobs[:k], self.eos_token_ids, self.draft[:k])
+        branches = tuple(b[:k] for b in self.branches)
+        return Lattice(
+            self.ids[:k], self.logprobs[:k], self.eos_logprobs[:k], self.eos_token_ids, self.draft[:k], branches
+        )
 
     def eos_aware_length(self) -> int:
         """L^gen, the EOS-aware generated length: slots before the first raw-argmax EOS, or k without one."""

@@ -81,12 +81,14 @@ def build_tree(
     """The best ``max_nodes`` (default ``config.max_nodes``) nodes of the lattice's prefix tree, at most
     ``lattice.k`` deep.
 
-    ``path`` (the one CPS picked) is inserted first when ``config.include_path``; ``proxy`` and ``lam`` are CPS's
-    (no proxy or ``lam == 1``: the drafter's log-prob alone). A node holding an EOS id gets no children.
+    ``path`` (the one CPS picked) is inserted first when ``config.include_path``, then each of ``lattice.branches``
+    (while nodes are left); ``proxy`` and ``lam`` are CPS's (no proxy or ``lam == 1``: the drafter's log-prob
+    alone). A node holding an EOS id gets no children.
     """
     builder = _TreeBuilder(lattice, context, config, proxy if lam < 1.0 else None, lam, max_nodes or config.max_nodes)
-    if config.include_path:
-        builder.insert_path([int(t) for t in path])
+    paths = ([path] if config.include_path else []) + list(lattice.branches)
+    for tokens in paths:
+        builder.insert_path([int(t) for t in tokens])
     builder.fill()
     return builder.tree()
 
@@ -155,11 +157,17 @@ class _TreeBuilder:
         return node
 
     def insert_path(self, path: list[int]) -> None:
+        """Add ``path``'s nodes not in the tree yet, root first, while the node budget lasts."""
         parent = -1
-        for depth, token in enumerate(path[: min(self.max_nodes, self.lattice.k)]):
-            base = self.scores[parent] if parent >= 0 else 0.0
-            history = self._history(parent) if self.proxy is not None else None
-            parent = self._add(parent, token, self._score(base, history, token, self._logq(depth, token)))
+        for depth, token in enumerate(path[: self.lattice.k]):
+            node = self.children.get((parent, token))
+            if node is None:
+                if len(self.tokens) >= self.max_nodes:
+                    break
+                base = self.scores[parent] if parent >= 0 else 0.0
+                history = self._history(parent) if self.proxy is not None else None
+                node = self._add(parent, token, self._score(base, history, token, self._logq(depth, token)))
+            parent = node
             if token in self.eos:
                 break
 

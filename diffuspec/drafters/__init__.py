@@ -15,9 +15,12 @@ from ..loading import drafter_kind, resolve_local
 from .autoregressive import AutoregressiveDrafter
 from .conditioned import ConditionedDrafter
 from .diffusion import DiffusionDrafter
+from .hybrid import HybridDrafter
+from .prompt_lookup import PromptLookupDrafter
 from .vocabulary import DraftVocabulary
 
 __all__ = [
+    "AutoregressiveDrafter",
     "ConditionedDrafter",
     "DiffusionDrafter",
     "DraftVocabulary",

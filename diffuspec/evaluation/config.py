@@ -19,10 +19,15 @@ import torch
 import yaml
 
 from ..config import DecodeConfig
+from ..drafters.hybrid import MODES as HYBRID_MODES
 from ..dtypes import DTYPE_NAMES, check_dtype_name
 from .benchmarks import BENCHMARK_KINDS, SPEC_BENCH_TASKS
 
 BASELINE = "ar"
+
+# A lattice method with ``hybrid: select | merge`` also copies from the prompt (diffuspec.drafters.hybrid); the
+# copy's tail match is max_ngram..min_ngram tokens long, pld's defaults unless given.
+HYBRID_KEYS = ("hybrid", "max_ngram", "min_ngram")
 
 # Keys each method kind accepts (besides ``kind``); anything else is an error naming the key.
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
@@ -43,8 +48,9 @@ METHOD_KEYS: dict[str, tuple[str, ...]] = {
         "context_window",
         "tree",
         "draft_vocab",
+        *HYBRID_KEYS,
     ),
-    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy", "tree", "draft_vocab"),
+    "conditioned": ("name", "drafter", "cps", "adl", "draft_length", "proxy", "tree", "draft_vocab", *HYBRID_KEYS),
 }
 METHOD_KINDS = tuple(METHOD_KEYS)
 NEEDS_DRAFTER = ("sps", "hf_assisted", "diffusion", "conditioned")
@@ -81,6 +87,7 @@ class MethodSpec:
     proxy: str | None = None
     tree: dict[str, Any] | None = None
     draft_vocab: str | None = None  # a DraftVocabulary file: the drafter's head scores those ids only
+    hybrid: str | None = None  # lattice kinds: 'select' or 'merge' a prompt-lookup copy (None: the drafter alone)
     schedule: str | None = None
     confidence_threshold: float | None = None
 
@@ -99,6 +106,9 @@ class MethodSpec:
                 f"{where}: unknown key(s) {unknown} for a {kind!r} method; allowed: {list(METHOD_KEYS[kind])}"
             )
         values = {**_METHOD_DEFAULTS.get(kind, {}), **raw}
+        if kind in LATTICE_KINDS and values.get("hybrid") is not None:
+            lookup = {key: _METHOD_DEFAULTS["pld"][key] for key in ("max_ngram", "min_ngram")}
+            values = {**lookup, **values}
         values.setdefault("name", kind)
         if kind in ("sps", "hf_assisted") and values.get("drafter") is None:
             values["drafter"] = ar_drafter
@@ -125,6 +135,10 @@ class MethodSpec:
             raise ValueError(f"{where}: schedule must be 'constant', 'heuristic' or 'heuristic_transient'")
         if self.kind in LATTICE_KINDS and self.proxy is not None and self.cps is None:
             raise ValueError(f"{where}: a proxy is only read by CPS, but cps is null")
+        if self.hybrid is not None and self.hybrid not in HYBRID_MODES:
+            raise ValueError(f"{where}: hybrid must be one of {list(HYBRID_MODES)} or null, got {self.hybrid!r}")
+        if self.kind in LATTICE_KINDS and self.hybrid is None and (self.max_ngram, self.min_ngram) != (None, None):
+            raise ValueError(f"{where}: max_ngram / min_ngram set the hybrid's copy, but hybrid is null")
         self.decode  # noqa: B018 - builds (and so validates) the decoding settings once
 
     @functools.cached_property

@@ -28,6 +28,7 @@ from ..devices import synchronize
 from ..drafters.autoregressive import AutoregressiveDrafter
 from ..drafters.conditioned import ConditionedDrafter
 from ..drafters.diffusion import DiffusionDrafter
+from ..drafters.hybrid import HybridDrafter
 from ..drafters.prompt_lookup import PromptLookupDrafter
 from ..drafters.vocabulary import DraftVocabulary
 from ..eos import model_eos_ids, pad_token_id
@@ -253,7 +254,7 @@ def build_runner(
         )
         return HFRunner(spec.name, spec.kind, verifier, eos, pad_token_id, {"assistant_model": ar_drafter})
     if spec.kind == "pld":
-        drafter = PromptLookupDrafter(max_ngram=spec.max_ngram, min_ngram=spec.min_ngram)
+        drafter = lookup_drafter(spec)
         return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, spec.decode), eos)
     if spec.kind == "sps":
         return DecoderRunner(
@@ -279,13 +280,21 @@ def draft_vocabulary(spec: MethodSpec) -> DraftVocabulary | None:
     return None if spec.draft_vocab is None else DraftVocabulary.load(spec.draft_vocab)
 
 
+def lookup_drafter(spec: MethodSpec) -> PromptLookupDrafter:
+    """The prompt-lookup drafter of a ``pld`` method or of a hybrid's copy."""
+    return PromptLookupDrafter(max_ngram=spec.max_ngram, min_ngram=spec.min_ngram)
+
+
 def _lattice_runner(
     spec: MethodSpec, verifier: PreTrainedModel, drafter: Drafter, eos: tuple[int, ...]
 ) -> DecoderRunner:
-    """A drafter whose lattice goes through the method's CPS (with its proxy) and ADL settings."""
+    """A drafter whose lattice goes through the method's CPS (with its proxy) and ADL settings; with ``hybrid``
+    it is wrapped in a ``HybridDrafter`` that scores paths with the same CPS."""
     config = spec.decode
     if spec.proxy:
         config = dataclasses.replace(config, cps=dataclasses.replace(config.cps, proxy=load_proxy(spec.proxy)))
+    if spec.hybrid is not None:
+        drafter = HybridDrafter(drafter, lookup_drafter(spec), mode=spec.hybrid, cps=config.cps)
     return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
 
 

@@ -216,6 +216,7 @@ def build_drafter_aligned(config: QuickstartConfig, out: Path, inputs: dict[str,
 
 ADL_TINY = {"k_min": 4, "k_max": 12, "delta": 4}  # the paper's 20..30 overshoots what a tiny drafter gets right
 TREE = {"max_nodes": 64, "max_children": 8}  # token trees of the *_tree methods (the *_tree_cost ones at most this)
+HYBRID = "select"  # the *_hybrid methods: each round the copy or the lattice, whichever expects more accepted tokens
 
 
 def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
@@ -245,8 +246,9 @@ def quickstart_methods(
     """The methods every quickstart times: plain decoding, the copy and AR peers, the unaligned and the aligned
     diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders; the aligned
     and the conditioned drafter also verify token trees, of ``tree``'s size (``*_tree``) and of the size the cost
-    model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out. ``draft_vocab`` (a
-    ``DraftVocabulary`` file) gives every diffusion and conditioned drafter that head."""
+    model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out. Both also run as hybrids
+    with pld's copy (``*_hybrid``). ``draft_vocab`` (a ``DraftVocabulary`` file) gives every diffusion and
+    conditioned drafter that head."""
     proxy = str(inputs["proxy"] / "proxy.json")
     vocab = {} if draft_vocab is None else {"draft_vocab": str(draft_vocab)}
     conditioned = {
@@ -269,6 +271,9 @@ def quickstart_methods(
             {**method, "name": f"{name}_tree_cost", "tree": {**tree, "budget": "cost"}},
         ]
 
+    def hybrid(method: dict) -> dict:
+        return {**method, "name": f"{method['name']}_hybrid", "hybrid": HYBRID}
+
     def dlm(name: str, stage: str, cps: bool, adl_on: bool) -> dict:
         return {
             "kind": "diffusion",
@@ -282,6 +287,7 @@ def quickstart_methods(
             **vocab,
         }
 
+    aligned = dlm("dlm_aligned", "drafter_aligned", cps=True, adl_on=True)
     return [
         {"kind": "ar"},
         {"kind": "hf_generate"},
@@ -289,9 +295,11 @@ def quickstart_methods(
         {"kind": "hf_pld"},
         {"kind": "hf_assisted"},
         dlm("dlm_unaligned", "drafter_unaligned", cps=True, adl_on=True),
-        *with_trees(dlm("dlm_aligned", "drafter_aligned", cps=True, adl_on=True)),
+        *with_trees(aligned),
+        hybrid(aligned),
         dlm("dlm_aligned_plain", "drafter_aligned", cps=False, adl_on=False),
         *with_trees(conditioned),
+        hybrid(conditioned),
     ]
 
 
