@@ -196,13 +196,17 @@ def test_prompt_formats_parse(mixed_prompts, verifier_dir):
     assert expected == f"<|user|>{TEXTS[3]}<|endoftext|><|assistant|>"
     assert chat_ids == tokenizer(expected, add_special_tokens=False).input_ids
     assert datagen_prompts.encode_prompt(specs[0], tokenizer) == tokenizer(TEXTS[0]).input_ids
-    wrapped = datagen_prompts.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(mixed_prompts), chat=True))
+    wrapped = datagen_prompts.load_prompt_specs(
+        DataGenerationConfig(verifier="v", out="o", prompts=str(mixed_prompts), chat=True)
+    )
     assert wrapped[0].kind == "chat" and wrapped[0].content == [{"role": "user", "content": TEXTS[0]}]
 
 
 def test_spec_bench_question_file_parses():
     path = SPEC_BENCH_QUESTIONS
-    specs = datagen_prompts.load_prompt_specs(DataGenerationConfig(verifier="v", out="o", prompts=str(path), max_prompts=20))
+    specs = datagen_prompts.load_prompt_specs(
+        DataGenerationConfig(verifier="v", out="o", prompts=str(path), max_prompts=20)
+    )
     first = json.loads(path.read_text().splitlines()[0])
     assert specs[0].id == str(first["question_id"]) and specs[0].content[0]["content"] == first["turns"][0]
     assert len(specs) == 20 and all(s.kind == "chat" for s in specs)
@@ -313,7 +317,9 @@ def test_killed_run_resumes_to_the_uninterrupted_dataset(tmp_path, verifier_dir,
 
     generated = []
     run_one = backends.DecoderBackend._one
-    monkeypatch.setattr(backends.DecoderBackend, "_one", lambda self, row: generated.append(row.id) or run_one(self, row))
+    monkeypatch.setattr(
+        backends.DecoderBackend, "_one", lambda self, row: generated.append(row.id) or run_one(self, row)
+    )
     resumed = rows_of(generate_dataset(config(verifier_dir, tmp_path / "out", **sampled)))
     assert generated == ["3", "4", "5", "6"]  # whole lines were kept, the torn one redone
     assert resumed == reference
@@ -456,3 +462,52 @@ def test_batched_backend_matches_exact_decoding(tmp_path, verifier_dir):
         assert a["teacher_topk_ids"] == b["teacher_topk_ids"]
     with pytest.raises(ValueError, match="greedily only"):
         config(verifier_dir, tmp_path / "x", prompt_token_ids=str(prompts), backend="transformers", temperature=0.7)
+
+
+# ---------------------------------------------------------------- self-written chat prompts
+
+
+def test_self_instruct_prompts_are_seeded_finished_and_resume_from_their_journal(tmp_path, verifier_dir):
+    """Requests the model writes after its user header: only finished ones (EOS within the budget), each starting
+    with its steer; a rerun reads the journal and generates nothing."""
+    from transformers import AutoModelForCausalLM
+
+    from diffuspec.datagen.selfinstruct import STEERS, self_instruct_prompts, user_header
+
+    tokenizer = make_tokenizer()
+    assert user_header(tokenizer) == "<|user|>"
+    model = AutoModelForCausalLM.from_pretrained(verifier_dir).eval()
+    eos = tokenizer.eos_token_id
+    model.lm_head.register_forward_hook(
+        lambda module, args, out: out.index_add(-1, torch.tensor([eos]), out[..., eos : eos + 1].abs() + 2.0)
+    )
+    rows = self_instruct_prompts(model, tokenizer, 10, tmp_path / "journal.jsonl", seed=1, batch_size=4, max_tokens=12)
+    assert 0 < len(rows) <= 10 and len({r["id"] for r in rows}) == len(rows)
+    assert all(r["kind"] in STEERS and any(r["prompt"].startswith(s) for s in STEERS[r["kind"]]) for r in rows)
+    assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 3  # one line per batch of 4
+    model.generate = lambda *a, **k: pytest.fail("a resumed run must not generate")
+    assert (
+        self_instruct_prompts(model, tokenizer, 10, tmp_path / "journal.jsonl", seed=1, batch_size=4, max_tokens=12)
+        == rows
+    )
+    with pytest.raises(ValueError, match="top_p in"):
+        self_instruct_prompts(model, tokenizer, 10, tmp_path / "other.jsonl", top_p=0.0)
+
+
+def test_prompt_filter_drops_benchmark_turns_near_copies_and_repeats():
+    from diffuspec.datagen.selfinstruct import PromptFilter
+
+    turns = [json.loads(line)["turns"][0] for line in SPEC_BENCH_QUESTIONS.read_text().splitlines()]
+    words = turns[0].split()
+    near = "Please: " + " ".join(words[:12]) + " thanks"  # a prefix, 12 of its words, another ending
+    rows = [
+        {"prompt": turns[5]},
+        {"prompt": near},
+        {"prompt": "Explain why the sky is blue."},
+        {"prompt": "explain WHY the sky is blue!"},
+        {"prompt": "Write a haiku about rain on a tin roof."},
+    ]
+    kept = PromptFilter(turns)(rows)
+    assert [r["prompt"] for r in kept] == ["Explain why the sky is blue.", "Write a haiku about rain on a tin roof."]
+    with pytest.raises(ValueError, match="n must be >= 3"):
+        PromptFilter(turns, n=2)

@@ -146,3 +146,27 @@ def test_quickstart_tokenizer_encodes_alike_on_every_loading_path(tmp_path):
     for loaded in (AutoTokenizer.from_pretrained(folder), PreTrainedTokenizerFast.from_pretrained(folder)):
         assert loaded(text).input_ids == expected
         assert loaded.decode(expected) == text and loaded.mask_token_id == 2
+
+
+def test_a_resumable_stage_keeps_its_work_folder_across_a_kill(tmp_path):
+    """A resumable stage gets a work folder that survives a failed build (a rerun continues from it) and is removed
+    once the stage is in place; its output folder appears only when complete."""
+    from diffuspec.quickstart.pipeline import Stage
+
+    calls = []
+
+    def build(config, out, inputs, work):
+        calls.append(sorted(p.name for p in work.iterdir()))
+        (work / f"part-{len(calls)}").write_text("done")
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed after its first part
+        (out / "result.txt").write_text("ok")
+
+    stages = [Stage("long", (), build, ("seed",), resumable=True)]
+    config = load_preset("fast")
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(stages, config, tmp_path, log=lambda line: None)
+    assert not (tmp_path / "long").exists() and len(list(tmp_path.glob(".long.work-*"))) == 1
+    run_stages(stages, config, tmp_path, log=lambda line: None)
+    assert calls == [[], ["part-1"]] and (tmp_path / "long" / "result.txt").read_text() == "ok"
+    assert not list(tmp_path.glob(".long.work-*"))

@@ -4,6 +4,7 @@ whole pipeline on SmolLM2-135M-Instruct at the smallest sizes."""
 import json
 
 import pytest
+import torch
 
 from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS as SPEC_BENCH
 from diffuspec.evaluation.benchmarks import load_questions
@@ -104,3 +105,48 @@ def test_the_smoke_preset_end_to_end_on_smollm2(tmp_path):
     assert set(results["tasks"]) == {"mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"}
     assert all(m["lossless"] for m in results["methods"].values())
     assert set(next(iter(results["methods"].values()))["per_task"]) == set(results["tasks"])
+
+
+def test_the_prompts_stage_keeps_no_spec_bench_turn_and_sorts_longest_first(tmp_path, monkeypatch, documents):
+    """Self-written requests (here stand-ins, one a Spec-Bench turn, one a near copy of another) and templates over
+    passages: the filter drops both leaks and repeats, held-out requests are not trained on, and the training
+    prompts come longest first (batched generation pads less)."""
+    from diffuspec.files import write_jsonl
+
+    turns = [turn for _, row in read_jsonl(SPEC_BENCH) for turn in row["turns"]]
+    written = [
+        {"id": "si0", "kind": "qa", "prompt": turns[200]},
+        {"id": "si1", "kind": "writing", "prompt": "Write a poem. " + " ".join(turns[3].split()[:10])},
+        {"id": "si2", "kind": "qa", "prompt": "What is the tallest mountain in Africa?"},
+        {"id": "si3", "kind": "qa", "prompt": "what is the tallest mountain in africa"},
+        {"id": "si4", "kind": "coding", "prompt": "Write a Python function that reverses a linked list in place."},
+        {"id": "si5", "kind": "math", "prompt": "A farmer has 12 cows and buys 7 more. How many cows now?"},
+    ]
+    monkeypatch.setattr("diffuspec.datagen.selfinstruct.self_instruct_prompts", lambda *a, **k: written)
+    monkeypatch.setattr("diffuspec.loading.load_causal_lm", lambda folder: torch.nn.Linear(1, 1))
+    monkeypatch.setattr("diffuspec.loading.load_tokenizer", lambda folder: CharChat())
+    train, _ = split_documents(documents[:300], 0.1)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "train.jsonl", [{"name": d.name, "paragraphs": list(d.paragraphs)} for d in train])
+    config = load_pipeline("smollm2", {"data_prompts": 20, "heldout_prompts": 1})[0]
+    out = tmp_path / "prompts"
+    out.mkdir()
+    smollm2.build_prompts(config, out, {"verifier": tmp_path, "corpus": corpus}, work=tmp_path)
+    rows = [row for _, row in read_jsonl(out / "prompts.jsonl")]
+    heldout = [row for _, row in read_jsonl(out / "heldout.jsonl")]
+    assert [row["id"] for row in heldout] == ["si2"]
+    assert {"si0", "si1", "si2", "si3"}.isdisjoint(row["id"] for row in rows) and len(rows) == 2 + 20
+    lengths = [len(row["prompt"]) for row in rows]
+    assert lengths == sorted(lengths, reverse=True)
+    assert json.loads((out / "counts.json").read_text())["train_by_kind"] == {"passage": 20, "coding": 1, "math": 1}
+
+
+class CharChat:
+    """A character tokenizer with a one-line chat template (the prompts stage only measures lengths)."""
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    def __call__(self, text, add_special_tokens=False):
+        return type("Encoding", (), {"input_ids": [ord(c) for c in text]})

@@ -500,3 +500,62 @@ def test_bad_lora_settings_are_refused_before_training(setup, tmp_path, monkeypa
         with pytest.raises(ValueError, match=re.escape(message)):
             run_conditioned_training(*lora_args(root, tmp_path / "x", base, **overrides))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_draft_vocabulary_run_scores_only_its_ids_and_logs_held_out_tau(setup, tmp_path):
+    """With draft_vocab the losses read the head's rows of the subset only: the slot log-probs equal the whole
+    vocabulary's restricted to those ids and renormalised, targets outside the subset are skipped; held-out tau is
+    logged at step 0 and every eval_acceptance_steps, and the drafter decodes losslessly with the subset."""
+    from diffuspec.drafters.vocabulary import DraftVocabulary
+    from diffuspec.training.conditioned_trainer import ConditionedDrafterTrainer
+
+    root, _, verifier, prompts, completions = setup
+    counts = torch.bincount(torch.tensor([t for c in completions for t in c]), minlength=VOCAB)
+    counts[MASK] = 0
+    vocabulary = DraftVocabulary(counts.topk(40).indices.sort().values, VOCAB)
+    vocabulary.save(tmp_path / "vocab.json")
+    datasets.Dataset.from_dict({"prompt_ids": prompts[:4]}).save_to_disk(str(tmp_path / "heldout"))
+    seen = {}
+    original = ConditionedDrafterTrainer.compute_loss
+
+    def recording(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = original(self, model, inputs, return_outputs=True)
+        seen.setdefault("subset", outputs["logprobs"])
+        return (loss, outputs) if return_outputs else loss
+
+    ConditionedDrafterTrainer.compute_loss = recording
+    try:
+        out = train_conditioned_drafter(
+            root / "verifier", root / "dataset", tmp_path / "drafter", block_size=BLOCK, max_steps=6, batch_size=4,
+            learning_rate=3e-2, anchors_per_sequence=4, feature_layers=[1, 2], draft_vocab=tmp_path / "vocab.json",
+            eval_prompts_path=tmp_path / "heldout", eval_acceptance_steps=3, eval_max_new_tokens=8,
+        )  # fmt: skip
+    finally:
+        ConditionedDrafterTrainer.compute_loss = original
+    assert seen["subset"].shape[-1] == len(vocabulary)
+    assert torch.allclose(seen["subset"].exp().sum(-1), torch.ones(()), atol=1e-5)
+    log = json.loads((out / LOG_FILE).read_text())
+    assert [row["step"] for row in log if "eval_tau" in row] == [0, 3, 6]
+    assert all(row["eval_tau"] >= 1.0 for row in log if "eval_tau" in row)
+    drafter = ConditionedDrafter.from_pretrained(out, verifier, vocabulary=vocabulary)
+    decoder = SpeculativeDecoder(verifier, drafter, DecodeConfig.for_block(BLOCK))
+    plain = SpeculativeDecoder(verifier)
+    for prompt in prompts[:3]:
+        ids = torch.tensor([prompt])
+        assert torch.equal(decoder.generate(ids, 12).sequences, plain.generate(ids, 12).sequences)
+
+
+def test_the_subset_loss_is_the_whole_vocabulary_loss_restricted(setup):
+    """The draft-vocabulary log-probs of a slot are the whole-vocabulary logits at the subset's ids, renormalised."""
+    from diffuspec.drafters.vocabulary import DraftVocabulary
+    from diffuspec.training.losses import drafter_logprobs
+
+    root, out, verifier, _, _ = setup
+    model = ConditionedDrafterModel.from_pretrained(out)
+    model.attach_verifier(verifier)
+    ids = torch.tensor([3, 5, 9, 40, 100])
+    vocabulary = DraftVocabulary(ids, VOCAB)
+    hidden = torch.randn(2, 3, BLOCK, model.config.hidden_size)
+    whole = model.lm_logits(hidden)
+    subset = drafter_logprobs(model.lm_logits(hidden, vocabulary.head(verifier.lm_head.weight)), None)
+    assert torch.allclose(subset, torch.log_softmax(whole[..., ids], dim=-1), atol=1e-6)

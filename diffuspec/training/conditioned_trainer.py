@@ -17,7 +17,10 @@ from peft import PeftModel
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from ..drafters.conditioned import ConditionedDrafter
+from ..drafters.vocabulary import DraftVocabulary
 from ..models.conditioned import ConditionedDrafterModel, block_targets, verifier_features_and_logits
+from .callbacks import AcceptanceCallback
 from .checkpoints import AtomicCheckpointMixin
 from .conditioned_collator import completion_mask, sample_anchors
 from .conditioned_config import ConditionedTrainingConfig
@@ -67,6 +70,30 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
         self.verifier = verifier_model.to(device=self.args.device, dtype=dtype).eval().requires_grad_(False)
         model.attach_verifier(self.verifier)
         self._anchor_step, self._anchor_calls = -1, 0
+        self.vocabulary = self._head_rows = self._vocab_index = None
+        if args.draft_vocab is not None:
+            config = model.config
+            self.vocabulary = DraftVocabulary.load(args.draft_vocab)
+            self.vocabulary.check_drafter(int(config.vocab_size), int(config.mask_token_id))
+            self._head_rows = self.vocabulary.head(model.verifier_head.weight, model.verifier_head.bias)
+            # full id -> its column among the draft vocabulary's rows, -1 for ids the drafter can never propose
+            self._vocab_index = torch.full((int(config.vocab_size),), -1, dtype=torch.long)
+            self._vocab_index[self.vocabulary.ids] = torch.arange(len(self.vocabulary))
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, AcceptanceCallback):
+                callback.bind(self)
+
+    def acceptance_drafter(self, model: ConditionedDrafterModel) -> ConditionedDrafter:
+        """The model being trained as the drafter ``AcceptanceCallback`` decodes with (its draft vocabulary too)."""
+        return ConditionedDrafter(self.accelerator.unwrap_model(model), vocabulary=self.vocabulary)
+
+    def _slot_logprobs(self, out, model) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs ``[B, A, k, V']`` of the drafted slots over the whole vocabulary (without the mask), or over the
+        draft vocabulary's ids only, as the drafter proposes at inference; and the id -> column map (or None)."""
+        if self._head_rows is None:
+            return drafter_logprobs(out.logits, self.model.config.mask_token_id), None
+        logits = self.accelerator.unwrap_model(model).lm_logits(out.hidden_states, self._head_rows)
+        return drafter_logprobs(logits, None), self._vocab_index.to(logits.device)
 
     def _anchor_rng(self) -> torch.Generator:
         """A generator seeded by (seed, step, micro-batch): a resumed run draws the anchors the uninterrupted run
@@ -108,13 +135,19 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
             prompt_lengths.cpu(), attention_mask.sum(dim=1).cpu(), self.args.anchors_per_sequence, self._anchor_rng()
         )
         anchors, anchor_ok = anchors.to(input_ids.device), anchor_ok.to(input_ids.device)
-        out = model(features=features, input_ids=input_ids, anchor_positions=anchors, compute_logits=True)
+        out = model(
+            features=features, input_ids=input_ids, anchor_positions=anchors, compute_logits=self._head_rows is None
+        )
         labels, valid = block_targets(
             input_ids, anchors, config.block_size, valid=completion_mask(attention_mask, prompt_lengths)
         )
         valid = valid & anchor_ok[..., None]
         k = config.block_size
-        logprobs = drafter_logprobs(out.logits, config.mask_token_id).reshape(-1, k, out.logits.shape[-1])
+        logprobs, columns = self._slot_logprobs(out, model)
+        if columns is not None:  # targets as columns of the draft vocabulary; one outside it is never drafted
+            labels = columns[labels.clamp(min=0)]
+            valid = valid & (labels >= 0)
+        logprobs = logprobs.reshape(-1, k, logprobs.shape[-1])
         labels = torch.where(valid, labels, IGNORE_INDEX).reshape(-1, k)
         valid = valid.reshape(-1, k)
         weights = position_decay_weights(k, self.args.decay_gamma, device=logprobs.device)
@@ -122,7 +155,11 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
         loss = ce
         terms = {"block_ce": ce.detach()}
         if self.args.kl_weight > 0:
-            teacher = drafter_logprobs(slot_logits(verifier_logits, anchors, k), config.mask_token_id)
+            teacher = slot_logits(verifier_logits, anchors, k)
+            if columns is not None:
+                teacher = drafter_logprobs(teacher[..., self.vocabulary.ids.to(teacher.device)], None)
+            else:
+                teacher = drafter_logprobs(teacher, config.mask_token_id)
             kl = distillation_loss(logprobs, teacher.reshape_as(logprobs), valid, "forward", slot_weights=weights)
             loss = loss + self.args.kl_weight * kl
             terms["kl"] = kl.detach()
@@ -132,4 +169,4 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
             terms["streak"] = streak.detach()
         if model.training:
             self._accumulate({f"loss/{name}": value for name, value in terms.items()})
-        return (loss, {"logits": out.logits}) if return_outputs else loss
+        return (loss, {"logprobs": logprobs}) if return_outputs else loss

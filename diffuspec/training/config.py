@@ -37,7 +37,28 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass
-class DrafterTrainingConfig(TrainingArguments):
+class AcceptanceArguments:
+    """How often and on how many held-out prompts training measures tau with the real decoding loop
+    (``AcceptanceCallback``); shared by both drafter trainers' configs."""
+
+    eval_acceptance_steps: int = field(
+        default=0,
+        metadata={"help": "Every N steps run the real speculative loop on held-out prompts and log tau (0: off)."},
+    )
+    eval_acceptance_prompts: int = field(default=8, metadata={"help": "Held-out prompts per acceptance evaluation."})
+    eval_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per held-out prompt."})
+
+    def check_acceptance_arguments(self) -> None:
+        _check(self.eval_acceptance_steps >= 0, f"eval_acceptance_steps must be >= 0, got {self.eval_acceptance_steps}")
+        _check(
+            self.eval_acceptance_prompts >= 1,
+            f"eval_acceptance_prompts must be >= 1, got {self.eval_acceptance_prompts}",
+        )
+        _check(self.eval_max_new_tokens >= 1, f"eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
+
+
+@dataclass
+class DrafterTrainingConfig(AcceptanceArguments, TrainingArguments):
     """Trainer arguments plus the drafter objectives (the losses are in ``diffuspec.training.losses``)."""
 
     # -- objective mix ----------------------------------------------------------------------------------------
@@ -109,13 +130,7 @@ class DrafterTrainingConfig(TrainingArguments):
         metadata={"help": "Online teacher only: keep the verifier's top-k per slot (0: full vocabulary, exact)."},
     )
 
-    # -- acceptance evaluation during training ----------------------------------------------------------------
-    eval_acceptance_steps: int = field(
-        default=0,
-        metadata={"help": "Every N steps run the real speculative loop on held-out prompts and log tau (0: off)."},
-    )
-    eval_acceptance_prompts: int = field(default=8, metadata={"help": "Held-out prompts per acceptance evaluation."})
-    eval_max_new_tokens: int = field(default=64, metadata={"help": "Tokens generated per held-out prompt."})
+    # -- acceptance evaluation during training (AcceptanceArguments: how often, how many prompts) ---------------
     eval_cps: bool = field(default=True, metadata={"help": "Acceptance evaluation drafts through CPS (else argmax)."})
     eval_adl: bool = field(default=True, metadata={"help": "Adaptive draft length in [eval_k_min, eval_k_max]."})
     eval_k_min: int = field(default=ADLConfig.k_min, metadata={"help": "Smallest ADL draft length."})
@@ -162,12 +177,7 @@ class DrafterTrainingConfig(TrainingArguments):
             f"mask_token_id must be >= 0 or null, got {self.mask_token_id}",
         )
         _check(self.teacher_topk >= 0, f"teacher_topk must be >= 0 (0: full vocabulary), got {self.teacher_topk}")
-        _check(self.eval_acceptance_steps >= 0, f"eval_acceptance_steps must be >= 0, got {self.eval_acceptance_steps}")
-        _check(
-            self.eval_acceptance_prompts >= 1,
-            f"eval_acceptance_prompts must be >= 1, got {self.eval_acceptance_prompts}",
-        )
-        _check(self.eval_max_new_tokens >= 1, f"eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
+        self.check_acceptance_arguments()
         _check(
             1 <= self.eval_k_min <= self.eval_k_max,
             f"eval_k_min ({self.eval_k_min}) must be in [1, eval_k_max={self.eval_k_max}]",

@@ -27,7 +27,7 @@ from .callbacks import AcceptanceCallback
 from .conditioned_collator import ConditionedCollator
 from .conditioned_config import ConditionedDataArguments, ConditionedModelArguments, ConditionedTrainingConfig
 from .conditioned_trainer import ConditionedDrafterTrainer, verifier_dtype
-from .config import DataArguments, DrafterTrainingConfig, ModelArguments
+from .config import AcceptanceArguments, DataArguments, DrafterTrainingConfig, ModelArguments
 from .features import FeatureArguments, FeatureSpec, FeatureStore, precompute_features
 from .inputs import check_examples, load_examples, load_prompts
 from .modeling import (
@@ -89,14 +89,8 @@ def run_drafter_training(
     ###############
     dataset = load_examples(data_args.dataset_path)
     has_teacher = check_examples(dataset, f"dataset_path {data_args.dataset_path}")
-    evaluate_acceptance = training_args.eval_acceptance_steps > 0 and training_args.process_index == 0
-    if training_args.eval_acceptance_steps > 0 and data_args.eval_prompts_path is None:
-        raise ValueError("eval_acceptance_steps > 0 needs eval_prompts_path (held-out prompts with prompt_ids)")
-    prompts = (
-        load_prompts(data_args.eval_prompts_path, training_args.eval_acceptance_prompts)
-        if evaluate_acceptance
-        else None
-    )
+    prompts = held_out_prompts(data_args, training_args)
+    evaluate_acceptance = prompts is not None
 
     ###############
     # Drafter, verifier, tokenizer
@@ -161,6 +155,16 @@ def run_drafter_training(
     return trainer
 
 
+def held_out_prompts(data_args: DataArguments, training_args: AcceptanceArguments) -> list[list[int]] | None:
+    """The held-out prompts ``AcceptanceCallback`` decodes on the main process (None elsewhere, or when off);
+    checked before any model loads."""
+    if training_args.eval_acceptance_steps > 0 and data_args.eval_prompts_path is None:
+        raise ValueError("eval_acceptance_steps > 0 needs eval_prompts_path (held-out prompts with prompt_ids)")
+    if training_args.eval_acceptance_steps == 0 or training_args.process_index != 0:
+        return None
+    return load_prompts(data_args.eval_prompts_path, training_args.eval_acceptance_prompts)
+
+
 def run_conditioned_training(
     model_args: ConditionedModelArguments,
     data_args: ConditionedDataArguments,
@@ -173,6 +177,7 @@ def run_conditioned_training(
     set_seed(training_args.seed)
     dataset = load_examples(data_args.dataset_path)
     check_examples(dataset, f"dataset_path {data_args.dataset_path}")
+    prompts = held_out_prompts(data_args, training_args)
     verifier_path = resolve_local(model_args.verifier_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
     verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
@@ -220,10 +225,20 @@ def run_conditioned_training(
         store.check(model_args.verifier_name_or_path, model.config.feature_layers, len(dataset), cuts)
         dataset = dataset.add_column("row", list(range(len(dataset))))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    callbacks = []
+    if prompts is not None:  # tau with ADL within the block, and the draft vocabulary the loss scores, if any
+        block = model.config.block_size
+        callbacks.append(
+            AcceptanceCallback(
+                verifier, prompts, every_n_steps=training_args.eval_acceptance_steps,
+                max_new_tokens=training_args.eval_max_new_tokens, decode_config=DecodeConfig.for_block(block),
+            )
+        )  # fmt: skip
     trainer = ConditionedDrafterTrainer(
         model,
         training_args,
         verifier,
+        callbacks=callbacks,
         train_dataset=dataset,
         data_collator=ConditionedCollator(
             pad_token_id=int(pad),
@@ -276,10 +291,17 @@ def train_conditioned_drafter(
     mask_token: str | None = None,
     features_path: str | Path | None = None,
     drafter: str | Path | None = None,
+    draft_vocab: str | Path | None = None,
+    eval_prompts_path: str | Path | None = None,
+    eval_acceptance_steps: int = 0,
+    eval_max_new_tokens: int = 64,
+    save_steps: int = 0,
 ) -> Path:
     """:func:`run_conditioned_training` with a fixed small recipe (cosine schedule with 5% warmup, a log every ~10%
-    of the steps, no checkpoints): the quickstart's and the tests' entry point. ``drafter`` (a diffuspec drafter
-    or a DFlash checkpoint) is adapted instead of a new one trained; its shape wins over the shape arguments."""
+    of the steps): the quickstart's and the tests' entry point. ``drafter`` (a diffuspec drafter or a DFlash
+    checkpoint) is adapted instead of a new one trained; its shape wins over the shape arguments. ``save_steps`` > 0
+    keeps a checkpoint every that many steps in ``output_dir`` (the last two), from which a rerun resumes;
+    ``eval_acceptance_steps`` > 0 logs held-out tau on ``eval_prompts_path`` that often."""
     output_dir = Path(output_dir)
     training_args = ConditionedTrainingConfig(
         output_dir=str(output_dir),
@@ -289,7 +311,9 @@ def train_conditioned_drafter(
         lr_scheduler_type="cosine",
         warmup_steps=math.ceil(0.05 * max_steps),
         logging_steps=max(1, max_steps // 10),
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
@@ -300,6 +324,10 @@ def train_conditioned_drafter(
         decay_gamma=decay_gamma,
         kl_weight=kl_weight,
         streak_weight=streak_weight,
+        draft_vocab=None if draft_vocab is None else str(draft_vocab),
+        eval_acceptance_steps=eval_acceptance_steps,
+        eval_acceptance_prompts=64,
+        eval_max_new_tokens=eval_max_new_tokens,
     )
     model_args = ConditionedModelArguments(
         verifier_name_or_path=str(verifier_path),
@@ -311,6 +339,7 @@ def train_conditioned_drafter(
     )
     data_args = ConditionedDataArguments(
         dataset_path=[str(dataset_path)],
+        eval_prompts_path=None if eval_prompts_path is None else str(eval_prompts_path),
         max_prompt_length=None,
         max_completion_length=None,
         features_path=None if features_path is None else str(features_path),

@@ -173,6 +173,15 @@ class DrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
             if isinstance(callback, AcceptanceCallback):
                 callback.bind(self)
 
+    def acceptance_drafter(self, model: PreTrainedModel):
+        """The model being trained as the drafter ``AcceptanceCallback`` decodes with."""
+        from ..drafters.diffusion import DiffusionDrafter
+
+        return DiffusionDrafter(
+            model, self.mask_token_id, shifted=self.shifted, context_window=self.args.context_window,
+            check_attention=False,
+        )  # fmt: skip
+
     # -- loss -------------------------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
