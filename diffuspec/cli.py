@@ -14,44 +14,69 @@ from .drafters.hybrid import MODES as HYBRID_MODES
 from .dtypes import DTYPE_NAMES
 from .extras import MissingExtraError, require
 
+#: The decoding flags' destinations: with none given, the drafter folder's recommended decoding applies.
+DECODE_FLAGS = ("no_cps", "no_adl", "draft_length", "k_min", "k_max", "beam", "lam", "mass", "m_max", "proxy",
+                "tree_nodes", "tree_children", "tree_budget")  # fmt: skip
+
 
 def add_decode_flags(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every command that runs the speculative loop."""
-    group = parser.add_argument_group("decoding")
-    group.add_argument("--no-cps", action="store_true", help="Verify the raw argmax draft instead of the CPS path.")
-    group.add_argument("--no-adl", action="store_true", help="Use a fixed draft length (--draft-length).")
-    group.add_argument("--draft-length", type=int, default=8, help="Fixed draft length when ADL is off.")
-    group.add_argument("--k-min", type=int, default=ADLConfig.k_min)
-    group.add_argument("--k-max", type=int, default=ADLConfig.k_max)
-    group.add_argument("--beam", type=int, default=CPSConfig.beam)
-    group.add_argument("--lam", type=float, default=CPSConfig.lam)
-    group.add_argument("--mass", type=float, default=CPSConfig.mass)
-    group.add_argument("--m-max", type=int, default=CPSConfig.m_max)
-    group.add_argument("--proxy", default=None, help="n-gram proxy: a diffuspec .json or a KenLM .arpa/.bin file.")
-    group.add_argument("--tree-nodes", type=int, default=0, help="Verify a token tree of N nodes (0: one path).")
-    group.add_argument("--tree-children", type=int, default=TreeConfig.max_children, help="Branches per tree node.")
-    group.add_argument("--tree-budget", choices=("fixed", "cost"), default="fixed", help="Tree size: fixed or by cost.")
+    """Flags shared by every command that runs the speculative loop. Each defaults to None (not given); the
+    defaults in the help apply to a flag left out when another decoding flag is given."""
+    group = parser.add_argument_group(
+        "decoding (none given: as the drafter's folder recommends, else ADL within the drafter's block)"
+    )
+    flag = group.add_argument
+    flag("--no-cps", action="store_true", default=None, help="Verify the raw argmax draft instead of the CPS path.")
+    flag("--no-adl", action="store_true", default=None, help="Use a fixed draft length (--draft-length).")
+    flag("--draft-length", type=int, help=f"Fixed draft length when ADL is off (default {DecodeConfig.draft_length}).")
+    flag("--k-min", type=int, help=f"ADL's shortest draft (default {ADLConfig.k_min}).")
+    flag("--k-max", type=int, help=f"ADL's longest draft (default {ADLConfig.k_max}).")
+    flag("--beam", type=int, help=f"CPS beam width (default {CPSConfig.beam}).")
+    flag("--lam", type=float, help=f"CPS weight of the drafter score (default {CPSConfig.lam}).")
+    flag("--mass", type=float, help=f"CPS candidate mass per slot (default {CPSConfig.mass}).")
+    flag("--m-max", type=int, help=f"CPS candidates per slot at most (default {CPSConfig.m_max}).")
+    flag("--proxy", help="n-gram proxy: a diffuspec .json or a KenLM .arpa/.bin file.")
+    flag("--tree-nodes", type=int, help="Verify a token tree of N nodes (default 0: one path).")
+    flag("--tree-children", type=int, help=f"Branches per tree node (default {TreeConfig.max_children}).")
+    flag("--tree-budget", choices=("fixed", "cost"), help="Tree size: fixed (the default) or by measured cost.")
 
 
-def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig:
+def decode_config_from_args(args: argparse.Namespace) -> DecodeConfig | None:
+    """The decoding the flags ask for, defaults filling the flags left out; None when no decoding flag is given."""
+    given = {name: value for name in DECODE_FLAGS if (value := getattr(args, name)) is not None}
+    if not given:
+        return None
+
+    def value(name: str, default: object) -> object:
+        return given.get(name, default)
+
     cps = (
         None
-        if args.no_cps
+        if given.get("no_cps")
         else CPSConfig(
-            m_max=args.m_max,
-            mass=args.mass,
-            beam=args.beam,
-            lam=args.lam,
-            proxy=load_proxy(args.proxy) if args.proxy else None,
+            m_max=value("m_max", CPSConfig.m_max),
+            mass=value("mass", CPSConfig.mass),
+            beam=value("beam", CPSConfig.beam),
+            lam=value("lam", CPSConfig.lam),
+            proxy=load_proxy(given["proxy"]) if "proxy" in given else None,
         )
     )
-    adl = None if args.no_adl else ADLConfig(k_min=args.k_min, k_max=args.k_max)
+    adl = (
+        None
+        if given.get("no_adl")
+        else ADLConfig(k_min=value("k_min", ADLConfig.k_min), k_max=value("k_max", ADLConfig.k_max))
+    )
+    tree_nodes = value("tree_nodes", 0)
     tree = (
-        TreeConfig(max_nodes=args.tree_nodes, max_children=args.tree_children, budget=args.tree_budget)
-        if args.tree_nodes
+        TreeConfig(
+            max_nodes=tree_nodes,
+            max_children=value("tree_children", TreeConfig.max_children),
+            budget=value("tree_budget", TreeConfig.budget),
+        )
+        if tree_nodes
         else None
     )
-    return DecodeConfig(cps=cps, adl=adl, draft_length=args.draft_length, tree=tree)
+    return DecodeConfig(cps=cps, adl=adl, draft_length=value("draft_length", DecodeConfig.draft_length), tree=tree)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -79,8 +104,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         draft_vocab=args.draft_vocab,
     )
     if lookup is not None:
-        hybrid = HybridDrafter(decoder.drafter, lookup, mode=args.hybrid, cps=config.cps)
-        decoder = SpeculativeDecoder(decoder.verifier.model, hybrid, config)
+        hybrid = HybridDrafter(decoder.drafter, lookup, mode=args.hybrid, cps=decoder.config.cps)
+        decoder = SpeculativeDecoder(decoder.verifier.model, hybrid, decoder.config)
     if args.chat:
         messages = [{"role": "user", "content": args.prompt}]
         input_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")

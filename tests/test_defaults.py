@@ -13,6 +13,7 @@ import datasets
 import pytest
 import torch
 from conftest import VOCAB, reference_greedy
+from test_eval_harness import folders  # noqa: F401 - a fixture
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
@@ -184,3 +185,42 @@ def test_the_fingerprint_ignores_the_load_dtype_and_tells_checkpoints_apart(root
     assert model_fingerprint(float32) == model_fingerprint(bfloat16)
     other = tiny_qwen2(seed=9, vocab_size=VOCAB, hidden_size=32, num_layers=2, init_std=0.3)
     assert model_fingerprint(other) != model_fingerprint(float32)
+
+
+# ---------------------------------------------------------------- a decoder built directly; the command line
+
+
+def test_a_decoder_built_with_no_config_drafts_within_its_drafters_block(root):
+    verifier = AutoModelForCausalLM.from_pretrained(root / "verifier").eval()
+    drafter = ConditionedDrafter.from_pretrained(root / "conditioned", verifier)
+    decoder = SpeculativeDecoder(verifier, drafter)  # the defaults' k_max of 30 would not fit the 6-slot block
+    assert decoder.config == DecodeConfig.for_block(BLOCK)
+    out = decoder.generate(PROMPT, max_new_tokens=NEW_TOKENS)
+    assert out.sequences[0].tolist() == reference_greedy(verifier, PROMPT, NEW_TOKENS).tolist()
+    assert SpeculativeDecoder(verifier).config == DecodeConfig()  # plain decoding
+
+
+def test_generate_without_decoding_flags_decodes_as_the_folder_recommends(folders, tmp_path, monkeypatch):  # noqa: F811
+    """``diffuspec generate`` passes no config unless a decoding flag is given (eval/tiny_models.py's folders)."""
+    from diffuspec.cli import main
+
+    folder = tmp_path / "dlm"
+    shutil.copytree(folders["dlm"], folder)
+    record_recommended_decode(folder, RECORDED)
+    real = SpeculativeDecoder.from_pretrained.__func__
+    seen = []
+
+    def spy(cls, *args, **kwargs):
+        decoder = real(cls, *args, **kwargs)
+        seen.append((kwargs["config"], decoder))
+        return decoder
+
+    monkeypatch.setattr(SpeculativeDecoder, "from_pretrained", classmethod(spy))
+    argv = ["generate", "--verifier", str(folders["verifier"]), "--prompt", "the cat sat", "--max-new-tokens", "4"]
+    assert main([*argv, "--drafter", str(folder)]) == 0
+    assert seen[-1][0] is None and seen[-1][1].config == RECORDED
+    assert main([*argv, "--drafter", str(folders["conditioned"])]) == 0
+    config, decoder = seen[-1]
+    assert config is None and decoder.config == DecodeConfig.for_block(decoder.drafter.max_draft_length())
+    assert main([*argv, "--drafter", str(folder), "--k-min", "2", "--k-max", "4"]) == 0  # a flag: the flags decide
+    assert seen[-1][0] == seen[-1][1].config == DecodeConfig(adl=ADLConfig(k_min=2, k_max=4))

@@ -284,6 +284,9 @@ def test_generate_flags_build_the_tree_config():
     parse = cli.build_parser().parse_args
     args = parse(["generate", "--verifier", "v", "--prompt", "p", "--tree-nodes", "32", "--tree-budget", "cost"])
     assert cli.decode_config_from_args(args).tree == TreeConfig(max_nodes=32, max_children=4, budget="cost")
-    assert cli.decode_config_from_args(parse(["generate", "--verifier", "v", "--prompt", "p"])).tree is None
+    assert (
+        cli.decode_config_from_args(parse(["generate", "--verifier", "v", "--prompt", "p", "--beam", "2"])).tree is None
+    )
+    assert cli.decode_config_from_args(parse(["generate", "--verifier", "v", "--prompt", "p"])) is None  # no flags
     with pytest.raises(ValueError, match="max_nodes must be >= 1, got -2"):
         cli.decode_config_from_args(parse(["generate", "--verifier", "v", "--prompt", "p", "--tree-nodes", "-2"]))

@@ -78,7 +78,10 @@ class SpeculativeDecoder:
         drafter: Drafter | None = None,
         config: DecodeConfig | None = None,
     ) -> None:
-        self.config = config or DecodeConfig()
+        # No config: the defaults, with ADL within the drafter's block (from_pretrained also reads the drafter
+        # folder's recommendation, which a drafter object does not carry).
+        block = drafter.max_draft_length() if drafter is not None else None
+        self.config = config if config is not None else DecodeConfig.for_block(block)
         self.drafter = drafter
         feature_layers = drafter.feature_layers if drafter is not None else ()
         self.verifier = Verifier(verifier_model.eval(), feature_layers=feature_layers)
@@ -89,7 +92,6 @@ class SpeculativeDecoder:
                 f"drafter vocabulary ({drafter.vocab_size} ids) differs from the verifier's "
                 f"({self.verifier.vocab_size} ids): the drafter could propose ids the verifier cannot score"
             )
-        block = drafter.max_draft_length() if drafter is not None else None
         if block is not None and self.config.max_draft_length > block:
             raise ValueError(
                 f"draft length {self.config.max_draft_length} (ADL k_max or draft_length) exceeds the drafter's "
