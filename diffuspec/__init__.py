@@ -1,6 +1,6 @@
 """diffuspec: diffusion-LM drafters for lossless speculative decoding."""
 
-from .config import ADLConfig, CPSConfig, DecodeConfig, TreeConfig
+from .decoding.config import ADLConfig, CPSConfig, DecodeConfig, TreeConfig
 from .decoding.drafter import Drafter, DraftRequest
 from .decoding.lattice import Lattice
 from .decoding.loop import DecodeStats, GenerateOutput, SpeculativeDecoder

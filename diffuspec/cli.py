@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .config import ADLConfig, CPSConfig, DecodeConfig, TreeConfig
+from .decoding.config import ADLConfig, CPSConfig, DecodeConfig, TreeConfig
 from .decoding.proxy import load_proxy
 from .drafters.hybrid import MODES as HYBRID_MODES
 from .dtypes import DTYPE_NAMES

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DecodeConfig
+from .decoding.config import DecodeConfig
 from .files import write_json
 from .version import __version__
 

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
-from diffuspec.config import CPSConfig, TreeConfig
+from diffuspec.decoding.config import CPSConfig, TreeConfig
 from diffuspec.decoding.cps import causal_path_search
 from diffuspec.decoding.drafter import DraftRequest
 from diffuspec.decoding.lattice import Lattice

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffuspec.config import CPSConfig
+from diffuspec.decoding.config import CPSConfig
 from diffuspec.decoding.drafter import Drafter, DraftRequest
 from diffuspec.decoding.lattice import Lattice
 from diffuspec.models.tiny import tiny_qwen2

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diffuspec.config import CPSConfig
+from diffuspec.decoding.config import CPSConfig
 from diffuspec.decoding.cps import causal_path_search, prune
 from diffuspec.decoding.lattice import Lattice
 from diffuspec.decoding.proxy import NGramProxy, UniformProxy

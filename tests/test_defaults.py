@@ -27,7 +27,7 @@ from diffuspec import (
     DiffusionDrafter,
     SpeculativeDecoder,
 )
-from diffuspec.config import adl_within_block
+from diffuspec.decoding.config import adl_within_block
 from diffuspec.drafter_config import read_diffuspec_config, record_recommended_decode, write_diffuspec_config
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel, model_fingerprint
 from diffuspec.models.dflash import export_dflash

@@ -15,7 +15,7 @@ import yaml
 from diffuspec import cards, drafter_config, hub, loading
 from diffuspec.cards import CARD_BEGIN, CARD_END, update_model_card
 from diffuspec.cli import main as cli_main
-from diffuspec.config import ADLConfig, CPSConfig, DecodeConfig
+from diffuspec.decoding.config import ADLConfig, CPSConfig, DecodeConfig
 from diffuspec.loading import load_diffusion_model
 from diffuspec.models.tiny import tiny_qwen2
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import ADLConfig
+from .config import ADLConfig
 
 
 class FixedDraftLength:

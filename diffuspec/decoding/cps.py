@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ..config import CPSConfig
 from ..eos import cut_after_eos
+from .config import CPSConfig
 from .lattice import Lattice
 from .proxy import CausalProxy
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from ..config import DecodeConfig
 from ..devices import synchronize
 from ..eos import as_eos_ids, cut_after_eos, model_eos_ids
 from .acceptance import greedy_accept, process_logits, sample_accept
 from .adl import make_controller
+from .config import DecodeConfig
 from .cps import causal_path_search
 from .drafter import Drafter, DraftRequest
 from .lattice import Lattice

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import TreeConfig
+from .config import TreeConfig
 from .cps import prune
 from .lattice import Lattice
 from .proxy import CausalProxy

@@ -8,7 +8,7 @@ import os
 import torch
 from transformers import PreTrainedModel
 
-from ..config import DecodeConfig
+from ..decoding.config import DecodeConfig
 from ..decoding.drafter import Drafter
 from ..drafter_config import has_diffuspec_config, read_diffuspec_config
 from ..loading import drafter_kind, resolve_local

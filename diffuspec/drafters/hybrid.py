@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import CPSConfig
+from ..decoding.config import CPSConfig
 from ..decoding.cps import causal_path_search
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice

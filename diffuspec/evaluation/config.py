@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import DecodeConfig
+from ..decoding.config import DecodeConfig
 from ..drafters.hybrid import MODES as HYBRID_MODES
 from ..dtypes import DTYPE_NAMES, check_dtype_name
 from .benchmarks import BENCHMARK_KINDS, SPEC_BENCH_TASKS

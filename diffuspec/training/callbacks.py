@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel, TrainerCallback
 
-from ..config import DecodeConfig
+from ..decoding.config import DecodeConfig
 from ..decoding.loop import SpeculativeDecoder
 
 if TYPE_CHECKING:

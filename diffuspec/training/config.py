@@ -22,7 +22,7 @@ import transformers
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from ..config import ADLConfig, CPSConfig, DecodeConfig
+from ..decoding.config import ADLConfig, CPSConfig, DecodeConfig
 from ..dtypes import DTYPE_NAMES, check_dtype_name
 
 KL_KINDS = ("forward", "reverse", "jsd", "tv")

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoTokenizer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..config import DecodeConfig
+from ..decoding.config import DecodeConfig
 from ..drafter_config import record_recommended_decode, write_diffuspec_config
 from ..files import write_json
 from ..loading import load_causal_lm, load_conditioned_model, resolve_local
