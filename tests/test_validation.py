@@ -83,3 +83,8 @@ def test_from_pretrained_offline_fails_at_once(monkeypatch):
             verifier="Qwen/Qwen2.5-7B-Instruct", drafter="Dream-org/Dream-v0-Instruct-7B"
         )
     assert time.perf_counter() - start < 10
+
+
+def test_from_pretrained_names_an_unknown_loader():
+    with pytest.raises(ValueError, match=r"no pretrained loader 'nope'; registered: \['diffuspec'\]"):
+        SpeculativeDecoder.from_pretrained("verifier", loader="nope")

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -69,6 +70,12 @@ class GenerateOutput:
     stats: DecodeStats
 
 
+#: What ``SpeculativeDecoder.from_pretrained`` builds its models with, by name: ``(verifier, drafter, config,
+#: **options) -> (verifier model, drafter or None, decoding)``. ``diffuspec.drafters`` registers ``"diffuspec"``
+#: (the package's import runs it), so the decoding core imports no concrete drafter.
+PRETRAINED_LOADERS: dict[str, Callable[..., tuple[PreTrainedModel, Drafter | None, DecodeConfig]]] = {}
+
+
 class SpeculativeDecoder:
     """Lossless speculative decoding of ``verifier_model`` with any :class:`Drafter` (None: plain decoding)."""
 
@@ -108,44 +115,19 @@ class SpeculativeDecoder:
         verifier: str | os.PathLike,
         drafter: str | os.PathLike | None = None,
         config: DecodeConfig | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: str | dict | None = None,
-        drafter_device_map: str | dict | None = None,
-        drafter_quantization: str | None = None,
-        draft_vocab: str | os.PathLike | None = None,
+        loader: str = "diffuspec",
+        **options: Any,
     ) -> SpeculativeDecoder:
-        """Load a verifier (any causal LM folder or Hub id) and a drafter folder or Hub id: a diffusion drafter
-        (Dream, LLaDA, diffuspec), a feature-conditioned one or a causal LM (``diffuspec.drafters.load_drafter``).
+        """Load a verifier and a drafter from folders or Hub ids through ``PRETRAINED_LOADERS[loader]``.
 
-        ``config=None`` decodes as the drafter's folder recommends, else with ADL within its block
-        (``diffuspec.drafters.recommended_decode_config``); without a drafter, plain decoding.
-
-        ``drafter_quantization="8bit"`` / ``"4bit"`` loads a diffusion drafter through bitsandbytes; it is checked
-        before the verifier loads, so a missing package fails at once. ``draft_vocab`` is a ``DraftVocabulary`` file
-        (read before any weights) whose ids alone the drafter's head scores. Loading itself is
-        ``diffuspec.loading``'s.
+        The ``"diffuspec"`` loader (``diffuspec.drafters.load_pretrained``, whose docstring lists ``options``:
+        ``dtype``, ``device_map``, ``drafter_device_map``, ``drafter_quantization``, ``draft_vocab``) knows every
+        drafter kind; ``config=None`` decodes as the drafter's folder recommends, else with ADL within its block;
+        without a drafter, plain decoding.
         """
-        from ..drafters import load_drafter, recommended_decode_config
-        from ..drafters.vocabulary import DraftVocabulary
-        from ..loading import bitsandbytes_config, load_causal_lm, resolve_local
-
-        bitsandbytes_config(drafter_quantization, dtype)
-        if draft_vocab is not None and drafter is None:
-            raise ValueError(f"draft_vocab={str(draft_vocab)!r} needs a drafter")
-        vocabulary = None if draft_vocab is None else DraftVocabulary.load(draft_vocab)
-        verifier_model = load_causal_lm(verifier, dtype=dtype, device_map=device_map)
-        draft = None
-        if drafter is not None:
-            folder = resolve_local(drafter)
-            draft = load_drafter(
-                folder,
-                verifier_model,
-                dtype=dtype,
-                device_map=drafter_device_map or device_map,
-                quantization=drafter_quantization,
-                vocabulary=vocabulary,
-            )
-            config = config if config is not None else recommended_decode_config(folder, draft)
+        if loader not in PRETRAINED_LOADERS:
+            raise ValueError(f"no pretrained loader {loader!r}; registered: {sorted(PRETRAINED_LOADERS)}")
+        verifier_model, draft, config = PRETRAINED_LOADERS[loader](verifier, drafter, config, **options)
         return cls(verifier_model, draft, config)
 
     # -- validation -------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Drafters behind the ``Drafter`` interface; ``load_drafter``: the right one for a saved folder, and
-``recommended_decode_config``: how that folder says to decode with it."""
+"""Drafters behind the ``Drafter`` interface; ``load_drafter``: the right one for a saved folder,
+``recommended_decode_config``: how that folder says to decode with it, and ``load_pretrained``: a verifier, its
+drafter and their decoding from names (``SpeculativeDecoder.from_pretrained``'s ``"diffuspec"`` loader)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from transformers import PreTrainedModel
 
 from ..decoding.config import DecodeConfig
 from ..decoding.drafter import Drafter
+from ..decoding.loop import PRETRAINED_LOADERS
 from ..drafter_config import has_diffuspec_config, read_diffuspec_config
-from ..loading import drafter_kind, resolve_local
+from ..loading import bitsandbytes_config, drafter_kind, load_causal_lm, resolve_local
 from .autoregressive import AutoregressiveDrafter
 from .conditioned import ConditionedDrafter
 from .diffusion import DiffusionDrafter
@@ -27,6 +29,7 @@ __all__ = [
     "HybridDrafter",
     "PromptLookupDrafter",
     "load_drafter",
+    "load_pretrained",
 ]
 
 
@@ -69,3 +72,43 @@ def recommended_decode_config(name_or_path: str | os.PathLike, drafter: Drafter)
     if has_diffuspec_config(folder):
         return read_diffuspec_config(folder).decode_config(block=block)
     return DecodeConfig.for_block(block)
+
+
+def load_pretrained(
+    verifier: str | os.PathLike,
+    drafter: str | os.PathLike | None = None,
+    config: DecodeConfig | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
+    drafter_device_map: str | dict | None = None,
+    drafter_quantization: str | None = None,
+    draft_vocab: str | os.PathLike | None = None,
+) -> tuple[PreTrainedModel, Drafter | None, DecodeConfig | None]:
+    """(verifier model, drafter, decoding) for ``SpeculativeDecoder``: a verifier (any causal LM folder or Hub id)
+    and a drafter folder or Hub id of any kind (``load_drafter``); ``config=None`` becomes the folder's
+    recommendation (``recommended_decode_config``); with no drafter it stays None (plain decoding).
+
+    ``drafter_quantization="8bit"`` / ``"4bit"`` loads a diffusion drafter through bitsandbytes; it is checked
+    before the verifier loads, so a missing package fails at once. ``draft_vocab`` is a ``DraftVocabulary`` file
+    (read before any weights) whose ids alone the drafter's head scores."""
+    bitsandbytes_config(drafter_quantization, dtype)
+    if draft_vocab is not None and drafter is None:
+        raise ValueError(f"draft_vocab={str(draft_vocab)!r} needs a drafter")
+    vocabulary = None if draft_vocab is None else DraftVocabulary.load(draft_vocab)
+    verifier_model = load_causal_lm(verifier, dtype=dtype, device_map=device_map)
+    if drafter is None:
+        return verifier_model, None, config
+    folder = resolve_local(drafter)
+    draft = load_drafter(
+        folder,
+        verifier_model,
+        dtype=dtype,
+        device_map=drafter_device_map or device_map,
+        quantization=drafter_quantization,
+        vocabulary=vocabulary,
+    )
+    return verifier_model, draft, config if config is not None else recommended_decode_config(folder, draft)
+
+
+PRETRAINED_LOADERS["diffuspec"] = load_pretrained
