@@ -50,11 +50,6 @@ def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> P
     return atomic_write_text(path, json.dumps(value, indent=indent, allow_nan=False) + "\n")
 
 
-def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
-    """One JSON object per line, atomically."""
-    return atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
-
-
 def replace_folder_atomically(fill: Callable[[Path], None], out_dir: str | os.PathLike, overwrite: bool) -> Path:
     """Run ``fill`` on a temporary sibling folder, then rename it onto ``out_dir``.
 

@@ -1,4 +1,4 @@
-"""Reading JSONL files with errors that name the file and line."""
+"""JSONL files: written atomically, read with errors that name the file and line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write_text
 
 
 def read_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[int, dict[str, Any]]]:
@@ -25,3 +27,8 @@ def read_jsonl(path: str | os.PathLike, what: str = "file") -> Iterator[tuple[in
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             yield number, record
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """One JSON object per line, atomically (``diffuspec.files``)."""
+    return atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))

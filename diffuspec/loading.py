@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,8 @@ QUANTIZATIONS = ("8bit", "4bit")
 DIFFUSION_MODEL_TYPES = ("Dream", "dream", "llada")  # checkpoints load_diffusion_model reads without a marker file
 DrafterKind = Literal["conditioned", "diffusion", "autoregressive"]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- names and folders
@@ -134,9 +137,12 @@ def has_tokenizer(folder: str | os.PathLike) -> bool:
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any | None:
-    """The folder's tokenizer, or None when it ships none."""
+    """The folder's tokenizer, or None when it ships none (logged: whatever is saved from it holds no tokenizer)."""
     folder = resolve_local(name_or_path)
-    return AutoTokenizer.from_pretrained(folder) if has_tokenizer(folder) else None
+    if not has_tokenizer(folder):
+        logger.info("%s has no tokenizer files", folder)
+        return None
+    return AutoTokenizer.from_pretrained(folder)
 
 
 # ---------------------------------------------------------------- causal LMs

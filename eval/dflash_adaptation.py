@@ -35,15 +35,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from diffuspec import DecodeConfig, SpeculativeDecoder
 from diffuspec.datagen import DataGenerationConfig, generate_dataset
 from diffuspec.drafters import load_drafter
-from diffuspec.files import write_json, write_jsonl
-from diffuspec.jsonl import read_jsonl
+from diffuspec.files import write_json
+from diffuspec.jsonl import read_jsonl, write_jsonl
 from diffuspec.loading import load_causal_lm
 from diffuspec.models.dflash import export_dflash
 from diffuspec.quickstart import conditioned, smollm2
 from diffuspec.quickstart.corpus import file_stream, pack, split_files, stdlib_files, windows
 from diffuspec.quickstart.pretrain import train_causal_lm
 from diffuspec.quickstart.prose import python_documents, split_documents
-from diffuspec.quickstart.stages import load_tokenizer
+from diffuspec.quickstart.stages import corpus_tokenizer
 from diffuspec.training.run import train_conditioned_drafter
 
 
@@ -72,7 +72,7 @@ def tiny_scenario(run: Path) -> Scenario:
     heldout = read_jsonl(run / "data" / "heldout_prompts.jsonl")
     return Scenario(
         home="code", shifted="prose", verifier=run / "verifier", drafter=run / "drafter_conditioned" / "model",
-        tokenizer=load_tokenizer(run / "corpus"), shifted_train=[d.text for d in train_docs],
+        tokenizer=corpus_tokenizer(run / "corpus"), shifted_train=[d.text for d in train_docs],
         shifted_heldout=[d.text for d in heldout_docs], home_prompts=[row["prompt_ids"] for _, row in heldout],
         finetune_batch=16, finetune_lr=3e-4, adapt_batch=16, recipe=conditioned.RECIPE, offline_features=False,
         defaults={"finetune_steps": 200, "adapt_steps": 150, "data_prompts": 600, "eval_prompts": 20},

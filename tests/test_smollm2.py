@@ -111,7 +111,7 @@ def test_the_prompts_stage_keeps_no_spec_bench_turn_and_sorts_longest_first(tmp_
     """Self-written requests (here stand-ins, one a Spec-Bench turn, one a near copy of another) and templates over
     passages: the filter drops both leaks and repeats, held-out requests are not trained on, and the training
     prompts come longest first (batched generation pads less)."""
-    from diffuspec.files import write_jsonl
+    from diffuspec.jsonl import write_jsonl
 
     turns = [turn for _, row in read_jsonl(SPEC_BENCH) for turn in row["turns"]]
     written = [

@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 
 from ..drafter_config import write_diffuspec_config
 from ..dtypes import resolve_dtype
 from ..files import replace_folder_atomically
-from ..loading import TOKENIZER_FILES, has_tokenizer, resolve_local
+from ..loading import TOKENIZER_FILES, load_tokenizer, resolve_local
 from .dream import check_dream_shape, save_dream_format
 from .weights import set_bidirectional
 
@@ -287,15 +287,6 @@ def _check_causal_lm(folder: Path) -> PreTrainedConfig:
     return config
 
 
-def _load_tokenizer(folder: Path) -> Any:
-    if not has_tokenizer(folder):
-        raise ValueError(
-            f"model {str(folder)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); adaptation needs the "
-            "tokenizer to tell the ids it uses from spare embedding rows, and the drafter ships it"
-        )
-    return AutoTokenizer.from_pretrained(folder)
-
-
 def save_native_format(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -352,7 +343,12 @@ def adapt_and_save(
             f"vocab_size={vocab_size} is smaller than the {rows} embedding rows of {str(folder)!r}; it can only "
             "pad the embedding (to the verifier's row count), not cut it"
         )
-    tokenizer = _load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
+    if tokenizer is None:
+        raise ValueError(
+            f"model {str(folder)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); adaptation needs the "
+            "tokenizer to tell the ids it uses from spare embedding rows, and the drafter ships it"
+        )
     choice = choose_mask_token(tokenizer, max(rows, vocab_size or 0), mask_token)
     final_rows = max(rows, vocab_size or 0, choice.token_id + 1)
 

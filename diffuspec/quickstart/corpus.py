@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..files import write_jsonl
+from ..jsonl import write_jsonl
 from ..models.tokenizers import train_bpe_tokenizer
 
 SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..files import write_jsonl
+from ..jsonl import write_jsonl
 from .config import RECIPES, read_preset
 from .pipeline import Stage
 

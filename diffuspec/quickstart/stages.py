@@ -8,8 +8,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..drafter_config import write_diffuspec_config
-from ..files import write_jsonl
-from ..jsonl import read_jsonl
+from ..jsonl import read_jsonl, write_jsonl
 from ..loading import load_causal_lm
 from ..models.tiny import tiny_qwen2
 from .config import RECIPES, ModelShape, QuickstartConfig
@@ -23,12 +22,12 @@ def build_corpus(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -
     train_tokenizer(read_texts(paths["train"]), config.vocab_size, out / "tokenizer")
 
 
-def load_tokenizer(corpus: Path) -> PreTrainedTokenizerBase:
+def corpus_tokenizer(corpus: Path) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(corpus / "tokenizer")
 
 
 def train_blocks(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
-    return pack(read_texts(corpus / "train.jsonl"), load_tokenizer(corpus), config.block_size)
+    return pack(read_texts(corpus / "train.jsonl"), corpus_tokenizer(corpus), config.block_size)
 
 
 def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTrainedTokenizerBase, seed: int):
@@ -49,7 +48,7 @@ def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTraine
 def _pretrain(
     config: QuickstartConfig, out: Path, corpus: Path, shape: ModelShape, steps: int, lr: float, seed: int
 ) -> None:
-    tokenizer = load_tokenizer(corpus)
+    tokenizer = corpus_tokenizer(corpus)
     model = _causal_lm(config, shape, tokenizer, seed)
     train_causal_lm(
         model,
@@ -76,7 +75,7 @@ def build_ar_drafter(config: QuickstartConfig, out: Path, inputs: dict[str, Path
 
 def token_stream(corpus: Path, split: str) -> list[int]:
     """One split of the corpus as a single token stream, files separated by EOS."""
-    return file_stream(read_texts(corpus / f"{split}.jsonl"), load_tokenizer(corpus))
+    return file_stream(read_texts(corpus / f"{split}.jsonl"), corpus_tokenizer(corpus))
 
 
 def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
@@ -88,7 +87,7 @@ def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
     every drafter predicts alike (recipes/tiny-cpu/README.md)."""
     if config.eval_prompts_from == "windows":
         return windows(token_stream(corpus, "heldout"), config.eval_prompts, config.eval_prompt_tokens, config.seed)
-    tokenizer = load_tokenizer(corpus)
+    tokenizer = corpus_tokenizer(corpus)
     prompts = []
     for text in read_texts(corpus / "heldout.jsonl"):
         ids = tokenizer(text[: 20 * config.eval_prompt_tokens], add_special_tokens=False).input_ids
@@ -147,7 +146,7 @@ def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[st
     a smaller sibling of the verifiers it drafts for) or the verifier itself."""
     from ..models.adapt import adapt_ar_to_diffusion
 
-    tokenizer = load_tokenizer(inputs["corpus"])
+    tokenizer = corpus_tokenizer(inputs["corpus"])
     source = load_causal_lm(inputs[config.drafter_init])
     drafter, mask_id = adapt_ar_to_diffusion(
         source, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id
@@ -229,7 +228,7 @@ def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) ->
     streams = train_blocks(config, inputs["corpus"]) + [
         p + c for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True)
     ]
-    NGramProxy.fit(streams, vocab_size=len(load_tokenizer(inputs["corpus"])), order=3).save(out / "proxy.json")
+    NGramProxy.fit(streams, vocab_size=len(corpus_tokenizer(inputs["corpus"])), order=3).save(out / "proxy.json")
 
 
 def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict]:
@@ -305,7 +304,7 @@ def quickstart_methods(
 
 def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
     """All methods in one interleaved run on held-out prompts: results.json, results.md and plots."""
-    tokenizer = load_tokenizer(inputs["corpus"])
+    tokenizer = corpus_tokenizer(inputs["corpus"])
     prompts = [r["prompt_ids"] for _, r in read_jsonl(inputs["data"] / "heldout_prompts.jsonl", "held-out prompts")]
     write_jsonl(out / "prompts.jsonl", [{"prompt": tokenizer.decode(p), "task": "stdlib"} for p in prompts])
     run_evaluation(

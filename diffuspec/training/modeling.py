@@ -13,8 +13,7 @@ from transformers import PreTrainedModel
 
 from ..drafter_config import write_diffuspec_config
 from ..files import replace_folder_atomically
-from ..loading import load_causal_lm, load_diffusion_model, resolve_local
-from ..loading import load_tokenizer as load_folder_tokenizer
+from ..loading import load_causal_lm, load_diffusion_model, load_tokenizer
 from ..models.tokenizers import check_tokenizers_compatible
 from .config import ALL_LINEAR, DrafterTrainingConfig, LoraArguments, ModelArguments
 
@@ -30,8 +29,11 @@ def check_precision(model_args: ModelArguments, training_args: DrafterTrainingCo
         )
 
 
-def load_drafter(model_args: ModelArguments, training_args: DrafterTrainingConfig) -> tuple[PreTrainedModel, int, bool]:
-    """The drafter with its mask id and shift convention, from the checkpoint; config values must agree."""
+def load_drafter_model(
+    model_args: ModelArguments, training_args: DrafterTrainingConfig
+) -> tuple[PreTrainedModel, int, bool]:
+    """The drafter's model to train with its mask id and shift convention, from the checkpoint; config values must
+    agree. (``diffuspec.drafters.load_drafter`` builds a ``Drafter`` to decode with.)"""
     kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
     model, mask_token_id, shifted = load_diffusion_model(
         model_args.drafter_name_or_path, dtype=model_args.dtype, **kwargs
@@ -47,14 +49,6 @@ def load_drafter(model_args: ModelArguments, training_args: DrafterTrainingConfi
     if not 0 <= mask_token_id < vocab:
         raise ValueError(f"the drafter's mask token id {mask_token_id} is outside its vocabulary [0, {vocab})")
     return model, mask_token_id, shifted
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """The folder's tokenizer, or None when it ships none (then nothing is saved next to the weights)."""
-    tokenizer = load_folder_tokenizer(path)
-    if tokenizer is None:
-        logger.info("%s has no tokenizer files; checkpoints will hold weights only", resolve_local(path))
-    return tokenizer
 
 
 def check_drafter_tokenizer(tokenizer, mask_token_id: int) -> None:

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..decoding.config import DecodeConfig
 from ..drafter_config import record_recommended_decode, write_diffuspec_config
 from ..files import write_json
-from ..loading import load_causal_lm, load_conditioned_model, resolve_local
+from ..loading import load_causal_lm, load_conditioned_model, load_tokenizer, resolve_local
 from ..models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel, model_fingerprint
 from .callbacks import AcceptanceCallback
 from .conditioned_collator import ConditionedCollator
@@ -35,11 +35,10 @@ from .modeling import (
     check_drafter_tokenizer,
     check_precision,
     freeze_embeddings,
-    load_drafter,
-    load_tokenizer,
     load_verifier,
     save_merged,
 )
+from .modeling import load_drafter_model as load_drafter
 from .trainer import DrafterTrainer
 
 logger = logging.getLogger(__name__)
