@@ -112,6 +112,15 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+def test_no_module_hides_an_import_behind_type_checking():
+    """A type-only import is where a cycle hides from the checker above: modules that need each other's types
+    share a module below both instead."""
+    hidden = sorted(
+        str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py") if "TYPE_CHECKING" in path.read_text()
+    )
+    assert not hidden, f"type-only imports in {hidden}"
+
+
 def test_decoding_imports_nothing_above_it():
     graph = import_graph(PACKAGE, "diffuspec")
     offending = sorted(

@@ -17,9 +17,10 @@ from .config import EvalConfig
 from .environment import environment, peak_memory, steady_cpu_allocator
 from .journal import JOURNAL_FILE, Journal, recipe_fingerprint
 from .methods import check_inputs, load_runners, neutral_generation_config, stop_tokens
+from .records import Record
 from .report import print_summary, write_reports
 from .statistics import TAU_DEFINITION, summarise
-from .timing import Record, Runner, measure
+from .timing import Runner, measure
 
 
 def evaluate(config: EvalConfig, journal: str | Path | None = None) -> int:

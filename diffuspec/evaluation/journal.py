@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from .timing import Record
+from .records import Record
 
 JOURNAL_FILE = "journal.jsonl"
 VOLATILE = ("output_dir", "progress", "model_card", "resume")  # settings that do not change a number

@@ -15,7 +15,8 @@ from typing import Any
 from .benchmarks import Prompt
 from .config import BASELINE
 from .costmodel import measured_profile, speedup_bound
-from .timing import Record, Runner
+from .records import Record
+from .timing import Runner
 
 TAU_DEFINITION = "new tokens per verifier round; the verifier's own (correction or bonus) token is counted, so ar = 1"
 

@@ -12,50 +12,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .benchmarks import Prompt
+from .journal import Journal
 from .methods import DecoderRunner, HFRunner
-
-if TYPE_CHECKING:
-    from .journal import Journal
+from .records import Record
 
 Runner = DecoderRunner | HFRunner
-
-
-@dataclass
-class Record:
-    """One generate call. ``repeat`` is -1 for a warm-up call (kept only when it failed)."""
-
-    method: str
-    repeat: int
-    prompt: int
-    task: str
-    qid: str
-    turn: int
-    new_tokens: int = 0
-    time_s: float | None = None
-    accepted: list[int] | None = None
-    path_lengths: list[int] | None = None
-    draft_lengths: list[int] | None = None
-    depths: list[int] | None = None
-    split: dict[str, float] | None = None
-    peak_memory_bytes: int | None = None
-    note: str | None = None
-    error: str | None = None
-    tokens: list[int] = field(default_factory=list, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.repeat >= 0 and self.error is None
-
-    def to_json(self) -> dict[str, Any]:
-        row = asdict(self)
-        del row["tokens"]
-        return row
 
 
 def run_once(runner: Runner, prompt: Prompt, repeat: int, max_new_tokens: int, temperature: float, seed: int) -> Record:

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, TrainerCallback
 
 from ..decoding.config import DecodeConfig
 from ..decoding.loop import SpeculativeDecoder
-
-if TYPE_CHECKING:
-    from .collator import DrafterCollator
+from .collator import DrafterCollator
 
 
 class AcceptanceCallback(TrainerCallback):
