@@ -30,20 +30,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from diffuspec import DecodeConfig, SpeculativeDecoder
 from diffuspec.datagen import DataGenerationConfig, generate_dataset
 from diffuspec.drafters import load_drafter
 from diffuspec.files import write_json
 from diffuspec.jsonl import read_jsonl, write_jsonl
-from diffuspec.loading import load_causal_lm
+from diffuspec.loading import load_causal_lm, load_tokenizer
 from diffuspec.models.dflash import export_dflash
-from diffuspec.quickstart import conditioned, smollm2
+from diffuspec.quickstart import smollm2, tiny
 from diffuspec.quickstart.corpus import file_stream, pack, split_files, stdlib_files, windows
-from diffuspec.quickstart.pretrain import train_causal_lm
 from diffuspec.quickstart.prose import python_documents, split_documents
-from diffuspec.quickstart.stages import corpus_tokenizer
+from diffuspec.quickstart.stages import train_causal_lm
 from diffuspec.training.run import train_conditioned_drafter
 
 
@@ -72,9 +71,9 @@ def tiny_scenario(run: Path) -> Scenario:
     heldout = read_jsonl(run / "data" / "heldout_prompts.jsonl")
     return Scenario(
         home="code", shifted="prose", verifier=run / "verifier", drafter=run / "drafter_conditioned" / "model",
-        tokenizer=corpus_tokenizer(run / "corpus"), shifted_train=[d.text for d in train_docs],
+        tokenizer=load_tokenizer(run / "verifier"), shifted_train=[d.text for d in train_docs],
         shifted_heldout=[d.text for d in heldout_docs], home_prompts=[row["prompt_ids"] for _, row in heldout],
-        finetune_batch=16, finetune_lr=3e-4, adapt_batch=16, recipe=conditioned.RECIPE, offline_features=False,
+        finetune_batch=16, finetune_lr=3e-4, adapt_batch=16, recipe=tiny.CONDITIONED_RECIPE, offline_features=False,
         defaults={"finetune_steps": 200, "adapt_steps": 150, "data_prompts": 600, "eval_prompts": 20},
     )  # fmt: skip
 
@@ -89,7 +88,7 @@ def smollm2_scenario(run: Path) -> Scenario:
     heldout = read_jsonl(run / "data" / "heldout_prompt_ids.jsonl")
     return Scenario(
         home="chat", shifted="code", verifier=verifier, drafter=run / "drafter_conditioned" / "model",
-        tokenizer=AutoTokenizer.from_pretrained(verifier), shifted_train=texts(train_files),
+        tokenizer=load_tokenizer(verifier), shifted_train=texts(train_files),
         shifted_heldout=texts(heldout_files),
         home_prompts=[row["prompt_ids"] for _, row in heldout], finetune_batch=4, finetune_lr=1e-4, adapt_batch=8,
         recipe=smollm2.CONDITIONED_RECIPE, offline_features=True,

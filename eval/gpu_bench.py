@@ -8,7 +8,7 @@ Nothing is downloaded: every model is a Qwen2 architecture with random weights a
 AR and diffusion drafters). Each model is first built on the meta device to count its bytes (skipped with the
 reason if it would not fit), then built for real under ``torch.device(device)`` in the chosen dtype. Timing does
 not depend on weight values, only acceptance does, and acceptance is an input here (``--alphas`` or a
-results.json from ``eval/speedup.py``).
+results.json from ``diffuspec eval``).
 
 Measured, each as the median of ``--reps`` device-synchronised calls after ``--warmup`` calls:
 - verify time per block size 1..max(ks)+1 at each context length (KV-cached prefix; block = pending + path);

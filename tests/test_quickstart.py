@@ -8,9 +8,9 @@ from transformers import AutoTokenizer
 
 from diffuspec.loading import load_diffusion_model
 from diffuspec.models.dream import save_dream_format
-from diffuspec.quickstart import STAGES, run_quickstart
-from diffuspec.quickstart.config import QuickstartConfig, load_preset
-from diffuspec.quickstart.pipeline import run_stages
+from diffuspec.quickstart import run_quickstart
+from diffuspec.quickstart.stages import run_stages
+from diffuspec.quickstart.tiny import STAGES, QuickstartConfig, load_preset
 
 METHODS = {
     "ar",
@@ -41,7 +41,7 @@ def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
         assert (run_dir / "eval" / name).exists()
     assert list((run_dir / "eval").glob("*.png"))
     assert not list(run_dir.glob(".*journal*"))  # the resume journal is gone once the stage has finished
-    from diffuspec.quickstart.stages import heldout_loss
+    from diffuspec.quickstart.tiny import heldout_loss
 
     losses = heldout_loss(run_dir, windows_count=4, length=16)
     assert set(losses) == {"verifier", "ar_drafter"} and all(0 < v < 10 for v in losses.values())
@@ -82,23 +82,23 @@ def test_unknown_choice_is_refused_naming_it(name):
 
 
 def test_heldout_prompts_windows_and_file_starts(tmp_path):
-    from diffuspec.quickstart import stages
+    from diffuspec.quickstart import tiny
 
     config = load_preset("fast", corpus_bytes=60_000, eval_prompts=4, eval_prompt_tokens=16)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    stages.build_corpus(config, corpus, {})
-    stream = stages.token_stream(corpus, "heldout")
-    windows = stages.heldout_prompts(config, corpus)
-    assert windows == stages.heldout_prompts(config, corpus)  # seeded
+    tiny.build_corpus(config, corpus, {})
+    stream = tiny.token_stream(corpus, "heldout")
+    windows = tiny.heldout_prompts(config, corpus)
+    assert windows == tiny.heldout_prompts(config, corpus)  # seeded
     assert len(windows) == 4 and all(len(w) == 16 for w in windows)
     assert all(any(stream[i : i + 16] == w for i in range(len(stream))) for w in windows)
-    starts = stages.heldout_prompts(
+    starts = tiny.heldout_prompts(
         load_preset("fast", eval_prompts=4, eval_prompt_tokens=16, eval_prompts_from="file_starts"), corpus
     )
     assert starts and starts != windows and all(len(p) == 16 for p in starts)
     with pytest.raises(ValueError, match=f"{len(stream)} tokens, too few for"):
-        stages.windows(stream, 1, len(stream), seed=0)
+        tiny.windows(stream, 1, len(stream), seed=0)
 
 
 def test_quickstart_restores_the_thread_setting(tmp_path):
@@ -151,7 +151,7 @@ def test_quickstart_tokenizer_encodes_alike_on_every_loading_path(tmp_path):
 def test_a_resumable_stage_keeps_its_work_folder_across_a_kill(tmp_path):
     """A resumable stage gets a work folder that survives a failed build (a rerun continues from it) and is removed
     once the stage is in place; its output folder appears only when complete."""
-    from diffuspec.quickstart.pipeline import Stage
+    from diffuspec.quickstart.stages import Stage
 
     calls = []
 

@@ -1,6 +1,6 @@
 """Speed evaluation: benchmarks, the interleaved measurement harness, a per-round cost model and reports.
 
-Entry points: ``python eval/speedup.py --config recipes/<pair>/eval/config_<x>.yaml`` and ``diffuspec eval``.
+Entry point: ``diffuspec eval --config recipes/<pair>/eval/config_<x>.yaml``.
 """
 
 from .benchmarks import Prompt, Question, build_prompts, load_questions, questions_from_token_ids

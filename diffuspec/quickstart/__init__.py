@@ -1,11 +1,9 @@
 """``diffuspec quickstart``: the whole pipeline on a laptop CPU, from nothing to a speed table.
 
-Two recipes share the stage machinery (``pipeline.py``): the presets ``full`` and ``fast`` of
-``recipes/tiny-cpu/quickstart.yaml`` train every model themselves (below), and ``smollm2`` / ``smollm2-smoke`` of
-``recipes/smollm2-135m-cpu/quickstart.yaml`` run against a real pretrained verifier (``smollm2.py``).
-
-corpus -> verifier -> ar_drafter -> drafter_unaligned -> data -> proxy -> drafter_aligned -> drafter_conditioned
--> eval
+One module per recipe: ``tiny.py`` (the presets ``full`` and ``fast`` of ``recipes/tiny-cpu/quickstart.yaml``)
+trains every model itself, ``smollm2.py`` (``smollm2`` / ``smollm2-smoke`` of
+``recipes/smollm2-135m-cpu/quickstart.yaml``) runs against a real pretrained verifier. Both build on ``stages.py``
+(cached stages, presets, shared helpers); ``corpus.py`` and ``prose.py`` are their text sources.
 """
 
 from __future__ import annotations
@@ -16,83 +14,18 @@ from pathlib import Path
 
 import torch
 
-from . import stages as s
-from .conditioned import build_drafter_conditioned
-from .config import RECIPE, load_preset
-from .pipeline import Stage, run_stages
-
-SHAPE = ("block_size", "batch_size", "lr", "seed")
-
-STAGES = [
-    Stage("corpus", (), s.build_corpus, ("corpus_bytes", "heldout_fraction", "vocab_size")),
-    Stage(
-        "verifier",
-        ("corpus",),
-        s.build_verifier,
-        ("verifier", "verifier_steps", "verifier_lr", "block_size", "batch_size", "seed"),
-    ),
-    Stage("ar_drafter", ("corpus",), s.build_ar_drafter, ("ar_drafter", "ar_drafter_steps", *SHAPE)),
-    Stage(
-        "drafter_unaligned",
-        ("corpus", "verifier", "ar_drafter"),
-        s.build_drafter_unaligned,
-        ("drafter_init", "drafter_layers", "drafter_steps", *SHAPE),
-    ),
-    Stage(
-        "data",
-        ("corpus", "verifier"),
-        s.build_data,
-        (
-            "data_prompts",
-            "prompt_tokens",
-            "completion_tokens",
-            "teacher_topk",
-            "eval_prompts",
-            "eval_prompt_tokens",
-            "eval_prompts_from",
-            "seed",
-        ),
-    ),
-    Stage("proxy", ("corpus", "data"), s.build_proxy, ("block_size",)),
-    Stage(
-        "drafter_aligned",
-        ("verifier", "drafter_unaligned", "data"),
-        s.build_drafter_aligned,
-        ("align_steps", "prompt_tokens", "completion_tokens", "batch_size", "seed"),
-    ),
-    Stage(
-        "drafter_conditioned",
-        ("verifier", "data"),
-        build_drafter_conditioned,
-        ("conditioned_layers", "conditioned_steps", "batch_size", "seed"),
-    ),
-    Stage(
-        "eval",
-        (
-            "corpus",
-            "verifier",
-            "ar_drafter",
-            "drafter_unaligned",
-            "data",
-            "proxy",
-            "drafter_aligned",
-            "drafter_conditioned",
-        ),
-        s.build_eval,
-        ("eval_prompt_tokens", "max_new_tokens", "repeats", "draft_window", "eval_threads"),
-    ),
-]
+from .stages import Stage, run_stages
 
 
 def load_pipeline(preset: str, overrides: dict[str, object] | None = None) -> tuple[object, list[Stage], str]:
     """(settings, stages, default run folder) of a preset of either recipe; unknown names are refused."""
     import yaml
 
-    from . import smollm2
+    from . import smollm2, tiny
 
     overrides = overrides or {}
     recipes = {
-        RECIPE: (load_preset, STAGES, "runs/quickstart"),
+        tiny.RECIPE: (tiny.load_preset, tiny.STAGES, "runs/quickstart"),
         smollm2.RECIPE: (smollm2.load_preset, smollm2.STAGES, "runs/smollm2"),
     }
     known = []

@@ -27,8 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..jsonl import write_jsonl
-from .config import RECIPES, read_preset
-from .pipeline import Stage
+from .stages import RECIPES, Stage, read_preset
 
 RECIPE = RECIPES / "smollm2-135m-cpu" / "quickstart.yaml"
 TRAIN_RECIPES = RECIPES / "smollm2-135m-cpu" / "train"
@@ -252,7 +251,7 @@ def build_ar_drafter(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) 
 
     from ..loading import load_causal_lm, load_tokenizer
     from ..models.adapt import truncated_copy
-    from .pretrain import train_causal_lm
+    from .stages import train_causal_lm
 
     verifier = load_causal_lm(verifier_folder(inputs))
     model = truncated_copy(verifier, config.ar_drafter_layers).train()

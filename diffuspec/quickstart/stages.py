@@ -1,129 +1,183 @@
-"""The quickstart's stages. Each builds one artifact folder from the config and its input folders."""
+"""What both quickstart presets build with (``tiny.py``, ``smollm2.py``): named stages cached in the folders of
+a run directory, presets read from the recipes, and the helpers their stages share (causal-LM pretraining, drafter
+training through the recipe run, the methods every quickstart times, the evaluation stage).
+
+A stage writes into a temporary folder that is renamed into place when it finishes
+(``diffuspec.files.replace_folder_atomically``), together with a ``stage.json`` holding the fingerprint of the
+settings it was built with. A rerun skips every stage whose folder exists with the same fingerprint; ``force``
+rebuilds. A killed stage leaves no half-written folder.
+
+Long stages (``Stage.resumable``) also get a work folder, ``.<name>.work-<fingerprint>`` beside their output, for
+journals, shards and checkpoints that survive a kill: a rerun with the same settings continues from them, and the
+folder is removed once the stage is in place.
+
+The recipes ship inside the package (``diffuspec/recipes``, package data), so an installed diffuspec runs the
+quickstart from any folder; a checkout's top-level ``recipes/`` is a link to the same files.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+import yaml
+from transformers import PreTrainedModel
 
-from ..drafter_config import write_diffuspec_config
-from ..jsonl import read_jsonl, write_jsonl
-from ..loading import load_causal_lm
-from ..models.tiny import tiny_qwen2
-from .config import RECIPES, ModelShape, QuickstartConfig
-from .corpus import file_stream, pack, read_texts, train_tokenizer, windows, write_corpus
-from .pretrain import train_causal_lm
+from ..files import replace_folder_atomically, write_json
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def build_corpus(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """Standard-library sources split by file, and a byte-level BPE tokenizer trained on the train split."""
-    paths = write_corpus(out, config.corpus_bytes, config.heldout_fraction)
-    train_tokenizer(read_texts(paths["train"]), config.vocab_size, out / "tokenizer")
+# ---------------------------------------------------------------------------- stages and presets
+
+STAGE_FILE = "stage.json"  # the fingerprint a stage folder was built with
 
 
-def corpus_tokenizer(corpus: Path) -> PreTrainedTokenizerBase:
-    return AutoTokenizer.from_pretrained(corpus / "tokenizer")
+@dataclass
+class Stage:
+    name: str
+    needs: tuple[str, ...]
+    build: Callable[..., None]  # (settings, output folder, inputs[, work=])
+    settings: tuple[str, ...]  # config fields this stage depends on (besides its inputs)
+    resumable: bool = False  # build(config, out, inputs, work=...) gets a work folder that survives a kill
 
 
-def train_blocks(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
-    return pack(read_texts(corpus / "train.jsonl"), corpus_tokenizer(corpus), config.block_size)
+def fingerprint(config: Any, stage: Stage, upstream: dict[str, str]) -> str:
+    values = {name: config.to_dict()[name] for name in stage.settings}
+    blob = json.dumps({"settings": values, "inputs": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _causal_lm(config: QuickstartConfig, shape: ModelShape, tokenizer: PreTrainedTokenizerBase, seed: int):
-    return tiny_qwen2(
+def run_stages(
+    stages: list[Stage],
+    config: Any,
+    run_dir: Path,
+    force: bool = False,
+    only: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Path]:
+    """Build the stages in order (or just ``only``); returns each stage's folder."""
+    names = [s.name for s in stages]
+    if only is not None and only not in names:
+        raise ValueError(f"unknown quickstart stage {only!r}; stages are {names}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folders: dict[str, Path] = {}
+    prints: dict[str, str] = {}
+    for stage in stages:
+        out = run_dir / stage.name
+        key = fingerprint(config, stage, {n: prints[n] for n in stage.needs})
+        prints[stage.name] = key
+        folders[stage.name] = out
+        if only is not None and stage.name != only:
+            continue
+        for need in stage.needs:
+            if not _is_built(folders[need], prints[need]):
+                raise RuntimeError(f"stage {stage.name!r} needs stage {need!r}, which is not built; run it first")
+        if not force and _is_built(out, key):
+            log(f"[{stage.name}] cached in {out}")
+            continue
+        log(f"[{stage.name}] building ...")
+        start = time.perf_counter()
+
+        work = run_dir / f".{stage.name}.work-{key}"
+
+        def fill(folder: Path, stage: Stage = stage, key: str = key, start: float = start, work: Path = work) -> None:
+            inputs = {n: folders[n] for n in stage.needs}
+            if stage.resumable:
+                work.mkdir(exist_ok=True)
+                stage.build(config, folder, inputs, work=work)
+            else:
+                stage.build(config, folder, inputs)
+            write_json(folder / STAGE_FILE, {"fingerprint": key, "seconds": time.perf_counter() - start})
+
+        replace_folder_atomically(fill, out, overwrite=True)
+        shutil.rmtree(work, ignore_errors=True)
+        log(f"[{stage.name}] done in {time.perf_counter() - start:.1f} s")
+    return folders
+
+
+def _is_built(folder: Path, key: str) -> bool:
+    marker = folder / STAGE_FILE
+    return marker.exists() and json.loads(marker.read_text())["fingerprint"] == key
+
+
+def read_preset(config_class: type, name: str, path: Path, overrides: dict) -> Any:
+    """``config_class`` from preset ``name`` of the YAML file ``path``, ``overrides`` on top; unknown keys are
+    refused by name."""
+    presets = yaml.safe_load(path.read_text())
+    if name not in presets:
+        raise ValueError(f"unknown quickstart preset {name!r}; {path} has {sorted(presets)}")
+    values = {**(presets[name] or {}), **overrides}
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown quickstart setting(s) {unknown} in preset {name!r} of {path}")
+    return config_class(**values)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Fixed-length token blocks as Trainer examples (the labels are the inputs; the model shifts them)."""
+
+    def __init__(self, blocks: list[list[int]]) -> None:
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.tensor(self.blocks[i])
+        return {"input_ids": ids, "labels": ids}
+
+
+def cpu_training_args(out_dir: Path, *, max_steps: int, batch_size: int, lr: float, seed: int) -> Any:
+    """Arguments shared by the quickstart's small CPU runs: cosine schedule, no checkpoints, quiet logging."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, max_steps // 20),
+        weight_decay=0.01,
+        logging_steps=max(1, max_steps // 10),
+        save_strategy="no",
+        report_to=[],
         seed=seed,
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        num_layers=shape.num_layers,
-        num_heads=shape.num_heads,
-        num_kv_heads=shape.num_kv_heads,
-        intermediate_size=shape.intermediate_size,
-        max_position_embeddings=1024,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        data_seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
     )
 
 
-def _pretrain(
-    config: QuickstartConfig, out: Path, corpus: Path, shape: ModelShape, steps: int, lr: float, seed: int
-) -> None:
-    tokenizer = corpus_tokenizer(corpus)
-    model = _causal_lm(config, shape, tokenizer, seed)
-    train_causal_lm(
-        model,
-        train_blocks(config, corpus),
-        out / "trainer",
-        max_steps=steps,
-        batch_size=config.batch_size,
-        lr=lr,
-        seed=seed,
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+def train_causal_lm(
+    model: PreTrainedModel,
+    blocks: list[list[int]],
+    out_dir: Path,
+    *,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> PreTrainedModel:
+    """Pretrain ``model`` on token blocks with transformers' Trainer; returns it in eval mode."""
+    from transformers import Trainer, default_data_collator
 
-
-def build_verifier(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """The verifier: a small Qwen2 causal LM pretrained on the train split."""
-    _pretrain(config, out, inputs["corpus"], config.verifier, config.verifier_steps, config.verifier_lr, config.seed)
-
-
-def build_ar_drafter(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """A smaller causal LM on the same corpus, for the SpS / assisted-generation baselines."""
-    _pretrain(config, out, inputs["corpus"], config.ar_drafter, config.ar_drafter_steps, config.lr, config.seed + 1)
-
-
-def token_stream(corpus: Path, split: str) -> list[int]:
-    """One split of the corpus as a single token stream, files separated by EOS."""
-    return file_stream(read_texts(corpus / f"{split}.jsonl"), corpus_tokenizer(corpus))
-
-
-def heldout_prompts(config: QuickstartConfig, corpus: Path) -> list[list[int]]:
-    """Evaluation prompts from the held-out files.
-
-    ``windows`` (the default): windows at seeded offsets, built like the alignment prompts of the train split, so
-    evaluation measures the same kind of prompt on unseen files. ``file_starts``: each file's first tokens, which are
-    mostly licence text and module docstrings; after them the tiny verifier often falls into blank-line loops that
-    every drafter predicts alike (recipes/tiny-cpu/README.md)."""
-    if config.eval_prompts_from == "windows":
-        return windows(token_stream(corpus, "heldout"), config.eval_prompts, config.eval_prompt_tokens, config.seed)
-    tokenizer = corpus_tokenizer(corpus)
-    prompts = []
-    for text in read_texts(corpus / "heldout.jsonl"):
-        ids = tokenizer(text[: 20 * config.eval_prompt_tokens], add_special_tokens=False).input_ids
-        if len(ids) >= config.eval_prompt_tokens:
-            prompts.append(ids[: config.eval_prompt_tokens])
-        if len(prompts) == config.eval_prompts:
-            break
-    return prompts
-
-
-@torch.no_grad()
-def heldout_loss(run_dir: str | Path, windows_count: int = 64, length: int = 128, seed: int = 5) -> dict[str, float]:
-    """Mean next-token loss of the run's verifier and AR drafter on seeded windows of the held-out files (printed)."""
-    run_dir = Path(run_dir)
-    ids = torch.tensor(windows(token_stream(run_dir / "corpus", "heldout"), windows_count, length, seed))
-    losses = {}
-    for name in ("verifier", "ar_drafter"):
-        losses[name] = round(load_causal_lm(run_dir / name)(input_ids=ids, labels=ids).loss.item(), 3)
-    print(losses)
-    return losses
-
-
-# ---------------------------------------------------------------------------- drafters, data, alignment
-
-TRAIN_RECIPES = RECIPES / "tiny-cpu" / "train"
-
-
-def corpus_examples(config: QuickstartConfig, corpus: Path) -> list[dict]:
-    """Corpus blocks as prompt/completion rows: one visible token, the rest is text to denoise."""
-    return [{"prompt_ids": b[:1], "completion_ids": b[1:]} for b in train_blocks(config, corpus)]
-
-
-def train_prompts(config: QuickstartConfig, corpus: Path) -> list[dict]:
-    """Prompts for the verifier's continuations: windows at seeded offsets of the train split."""
-    prompts = windows(token_stream(corpus, "train"), config.data_prompts, config.prompt_tokens, config.seed)
-    return [{"id": f"p{i}", "prompt_ids": p} for i, p in enumerate(prompts)]
+    args = cpu_training_args(out_dir, max_steps=max_steps, batch_size=batch_size, lr=lr, seed=seed)
+    trainer = Trainer(model=model, args=args, train_dataset=BlockDataset(blocks), data_collator=default_data_collator)
+    trainer.train()
+    return model.eval()
 
 
 def run_training(recipe: Path, overrides: dict[str, object]) -> None:
@@ -138,101 +192,10 @@ def run_training(recipe: Path, overrides: dict[str, object]) -> None:
     run_drafter_training(*parse_config(argv))
 
 
-def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """The 'off-the-shelf' diffusion drafter: the lower layers of a causal LM made bidirectional (Dream-style
-    adaptation), then pretrained with the generic masked-diffusion objective on the corpus, not on the verifier.
-
-    The causal LM is ``config.drafter_init``: the small AR model (the default; like Dream-7B, which is adapted from
-    a smaller sibling of the verifiers it drafts for) or the verifier itself."""
-    from ..models.adapt import adapt_ar_to_diffusion
-
-    tokenizer = corpus_tokenizer(inputs["corpus"])
-    source = load_causal_lm(inputs[config.drafter_init])
-    drafter, mask_id = adapt_ar_to_diffusion(
-        source, num_layers=config.drafter_layers, mask_token_id=tokenizer.mask_token_id
-    )
-    init = out / "init"
-    drafter.save_pretrained(init)
-    tokenizer.save_pretrained(init)
-    write_diffuspec_config(init, mask_token_id=mask_id, shifted=True)
-    write_jsonl(out / "corpus_examples.jsonl", corpus_examples(config, inputs["corpus"]))
-    run_training(
-        TRAIN_RECIPES / "config_pretrain.yaml",
-        {
-            "drafter_name_or_path": init,
-            "dataset_path": out / "corpus_examples.jsonl",
-            "output_dir": out / "model",
-            "max_steps": config.drafter_steps,
-            "per_device_train_batch_size": config.batch_size,
-            "seed": config.seed,
-        },
-    )
-
-
-def build_data(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """Greedy verifier continuations of training prompts (the alignment data) and held-out eval prompts."""
-    from ..datagen import DataGenerationConfig, generate_dataset
-
-    write_jsonl(out / "prompts.jsonl", train_prompts(config, inputs["corpus"]))
-    heldout = heldout_prompts(config, inputs["corpus"])
-    write_jsonl(out / "heldout_prompts.jsonl", [{"prompt_ids": p} for p in heldout])
-    generate_dataset(
-        DataGenerationConfig(
-            verifier=str(inputs["verifier"]),
-            out=str(out / "dataset"),
-            prompt_token_ids=str(out / "prompts.jsonl"),
-            max_new_tokens=config.completion_tokens,
-            teacher_topk=config.teacher_topk,
-            seed=config.seed,
-            cpu=True,
-            backend="transformers",  # batched greedy: several times faster than batch 1 on a CPU
-            chunk_size=64,
-        )
-    )
-
-
-def build_drafter_aligned(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """Align the unaligned drafter to the verifier with the tiny-cpu training recipe."""
-    run_training(
-        TRAIN_RECIPES / "config_aligned.yaml",
-        {
-            "drafter_name_or_path": inputs["drafter_unaligned"] / "model",
-            "verifier_name_or_path": inputs["verifier"],
-            "dataset_path": inputs["data"] / "dataset",
-            "eval_prompts_path": inputs["data"] / "heldout_prompts.jsonl",
-            "output_dir": out / "model",
-            "max_steps": config.align_steps,
-            "per_device_train_batch_size": config.batch_size,
-            "max_prompt_length": config.prompt_tokens,
-            "max_completion_length": config.completion_tokens,
-            "seed": config.seed,
-            **({"context_window": config.draft_window} if config.draft_window is not None else {}),
-        },
-    )
-
-
 # ---------------------------------------------------------------------------- evaluation
 
-ADL_TINY = {"k_min": 4, "k_max": 12, "delta": 4}  # the paper's 20..30 overshoots what a tiny drafter gets right
 TREE = {"max_nodes": 64, "max_children": 8}  # token trees of the *_tree methods (the *_tree_cost ones at most this)
 HYBRID = "select"  # the *_hybrid methods: each round the copy or the lattice, whichever expects more accepted tokens
-
-
-def build_proxy(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """CPS's causal proxy: a token-id trigram fitted on the train split and the verifier's continuations."""
-    from datasets import load_from_disk
-
-    from ..decoding.proxy import NGramProxy
-
-    data = load_from_disk(str(inputs["data"] / "dataset"))
-    streams = train_blocks(config, inputs["corpus"]) + [
-        p + c for p, c in zip(data["prompt_ids"], data["completion_ids"], strict=True)
-    ]
-    NGramProxy.fit(streams, vocab_size=len(corpus_tokenizer(inputs["corpus"])), order=3).save(out / "proxy.json")
-
-
-def eval_methods(config: QuickstartConfig, inputs: dict[str, Path]) -> list[dict]:
-    return quickstart_methods(inputs, window=config.draft_window, adl=ADL_TINY)
 
 
 def quickstart_methods(
@@ -300,26 +263,6 @@ def quickstart_methods(
         *with_trees(conditioned),
         hybrid(conditioned),
     ]
-
-
-def build_eval(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
-    """All methods in one interleaved run on held-out prompts: results.json, results.md and plots."""
-    tokenizer = corpus_tokenizer(inputs["corpus"])
-    prompts = [r["prompt_ids"] for _, r in read_jsonl(inputs["data"] / "heldout_prompts.jsonl", "held-out prompts")]
-    write_jsonl(out / "prompts.jsonl", [{"prompt": tokenizer.decode(p), "task": "stdlib"} for p in prompts])
-    run_evaluation(
-        out,
-        verifier=str(inputs["verifier"]),
-        ar_drafter=str(inputs["ar_drafter"]),
-        benchmark="jsonl",
-        benchmark_path=str(out / "prompts.jsonl"),
-        chat_template=False,
-        max_prompt_tokens=config.eval_prompt_tokens,
-        max_new_tokens=config.max_new_tokens,
-        methods=eval_methods(config, inputs),
-        repeats=config.repeats,
-        threads=config.eval_threads,
-    )
 
 
 def run_evaluation(out: Path, **settings) -> None:
