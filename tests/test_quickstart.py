@@ -81,6 +81,13 @@ def test_unknown_choice_is_refused_naming_it(name):
         load_preset("fast", **{name: "other"})
 
 
+def test_the_shared_preset_checks_refuse_negative_numbers_and_few_repeats():
+    with pytest.raises(ValueError, match="quickstart setting lr must be >= 0, got -1"):
+        load_preset("fast", lr=-1)
+    with pytest.raises(ValueError, match="repeats must be >= 3"):
+        load_preset("fast", repeats=2)
+
+
 def test_heldout_prompts_windows_and_file_starts(tmp_path):
     from diffuspec.quickstart import tiny
 

@@ -108,6 +108,16 @@ def _is_built(folder: Path, key: str) -> bool:
     return marker.exists() and json.loads(marker.read_text())["fingerprint"] == key
 
 
+def check_preset(config: Any, what: str) -> None:
+    """The checks every preset's settings share: no number below 0, and at least 3 timed repeats."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"{what} setting {f.name} must be >= 0, got {value}")
+    if config.repeats < 3:
+        raise ValueError(f"repeats must be >= 3 (speedup is a median of interleaved repeats), got {config.repeats}")
+
+
 def read_preset(config_class: type, name: str, path: Path, overrides: dict) -> Any:
     """``config_class`` from preset ``name`` of the YAML file ``path``, ``overrides`` on top; unknown keys are
     refused by name."""

@@ -8,7 +8,7 @@ corpus -> verifier -> ar_drafter -> drafter_unaligned -> data -> proxy -> drafte
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,16 @@ from ..jsonl import read_jsonl, write_jsonl
 from ..loading import load_causal_lm
 from ..models.tiny import tiny_qwen2
 from .corpus import file_stream, pack, read_texts, train_tokenizer, windows, write_corpus
-from .stages import RECIPES, Stage, quickstart_methods, read_preset, run_evaluation, run_training, train_causal_lm
+from .stages import (
+    RECIPES,
+    Stage,
+    check_preset,
+    quickstart_methods,
+    read_preset,
+    run_evaluation,
+    run_training,
+    train_causal_lm,
+)
 
 RECIPE = RECIPES / "tiny-cpu" / "quickstart.yaml"
 TRAIN_RECIPES = RECIPES / "tiny-cpu" / "train"
@@ -88,15 +97,10 @@ class QuickstartConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, ModelShape(**value))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"quickstart setting {f.name} must be >= 0, got {value}")
+        check_preset(self, "quickstart")
         for name, allowed in (("drafter_init", DRAFTER_INITS), ("eval_prompts_from", EVAL_PROMPT_SOURCES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"quickstart setting {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.repeats < 3:
-            raise ValueError(f"repeats must be >= 3 (speedup is a median of interleaved repeats), got {self.repeats}")
 
     def to_dict(self) -> dict:
         return asdict(self)
