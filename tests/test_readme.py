@@ -29,3 +29,8 @@ def test_make_installs_the_cpu_torch_wheel_before_anything_else():
     makefile = (ROOT / "Makefile").read_text()
     install = re.search(r"^install: .*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1).splitlines()
     assert install[0].strip() == "$(PIP) $(TORCH)" and "TORCH := torch==2.13.0" in makefile
+
+
+def test_the_readme_stays_short():
+    """Users read the README; run history lives in eval/BENCHMARKS.md, details in the recipe READMEs."""
+    assert len((ROOT / "README.md").read_bytes()) <= 12_000
