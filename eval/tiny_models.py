@@ -13,12 +13,12 @@ and losslessness, not for acceptance.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from diffuspec.decoding.proxy import NGramProxy
 from diffuspec.drafter_config import write_diffuspec_config
 from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS
+from diffuspec.jsonl import read_jsonl, write_jsonl
 from diffuspec.models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel
 from diffuspec.models.tiny import tiny_qwen2
 
@@ -60,14 +60,12 @@ def write_models(
     paths["proxy"] = out / "proxy.json"
     NGramProxy.fit([tokenizer(t).input_ids for t in texts], vocab_size=len(tokenizer), order=3).save(paths["proxy"])
     paths["prompts"] = out / "prompts.jsonl"
-    paths["prompts"].write_text(
-        "".join(json.dumps({"prompt": t, "task": "spec_bench_sample"}) + "\n" for t in texts[:8])
-    )
+    write_jsonl(paths["prompts"], [{"prompt": t, "task": "spec_bench_sample"} for t in texts[:8]])
     return paths
 
 
 def main(args: argparse.Namespace) -> None:
-    rows = [json.loads(line) for line in Path(args.questions).read_text().splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl(args.questions, "question file")]
     texts = [turn for row in rows for turn in row["turns"]]
     paths = write_models(Path(args.out), texts, args.vocab_size, args.hidden_size, args.num_layers, args.drafter_layers)
     print("wrote " + ", ".join(str(p) for p in paths.values()))

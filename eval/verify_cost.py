@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from diffuspec.dtypes import resolve_dtype
 from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS
 from diffuspec.evaluation.environment import environment
 from diffuspec.files import write_json
+from diffuspec.jsonl import read_jsonl
 from diffuspec.loading import load_causal_lm, load_tokenizer
 
 
@@ -75,7 +75,7 @@ def flips(verifier: Verifier, prompt: torch.Tensor, new_tokens: int, block: int)
 
 
 def read_prompts(path: Path, count: int, tokenizer) -> list[torch.Tensor]:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [row for _, row in read_jsonl(path, "prompt file")]
     step = max(1, len(rows) // count)
     texts = [r["turns"][0] if "turns" in r else r.get("prompt", r.get("text")) for r in rows[::step][:count]]
     return [

@@ -19,7 +19,6 @@ half a file behind.
 from __future__ import annotations
 
 import io
-import json
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from typing import Any
 
 from ..cards import CARD_BEGIN, CARD_END, update_model_card
 from ..files import atomic_write_bytes, atomic_write_text, write_json
+from ..jsonl import write_jsonl
 from .statistics import mismatch_message
 
 SCHEMA = "diffuspec-eval-v1"
@@ -286,9 +286,7 @@ def write_reports(
     out = Path(out_dir)
     paths = {
         "results.json": write_json(out / "results.json", {"schema": SCHEMA, **results}),
-        "records.jsonl": atomic_write_text(
-            out / "records.jsonl", "".join(json.dumps(r.to_json()) + "\n" for r in records)
-        ),
+        "records.jsonl": write_jsonl(out / "records.jsonl", [r.to_json() for r in records]),
         "results.md": atomic_write_text(out / "results.md", markdown_report(results)),
         PLOTS[0]: plot_speedup_per_task(results, out / PLOTS[0]),
         PLOTS[1]: plot_accepted_histogram(results, out / PLOTS[1]),

@@ -7,14 +7,13 @@ train / held-out by a hash of their relative path, which keeps the split stable 
 from __future__ import annotations
 
 import hashlib
-import json
 import sysconfig
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..jsonl import write_jsonl
+from ..jsonl import read_jsonl, write_jsonl
 from ..models.tokenizers import train_bpe_tokenizer
 
 SKIP_PARTS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
@@ -58,7 +57,7 @@ def write_corpus(out_dir: Path, max_bytes: int, heldout_fraction: float = 0.1) -
 
 
 def read_texts(path: Path) -> list[str]:
-    return [json.loads(line)["text"] for line in path.open()]
+    return [row["text"] for _, row in read_jsonl(path, "corpus split")]
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> PreTrainedTokenizerBase:
