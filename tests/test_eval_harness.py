@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from diffuspec.cards import CARD_BEGIN, CARD_END
 from diffuspec.evaluation import (
@@ -442,3 +442,31 @@ def test_verify_cost_script_reports_costs_and_block_flips(folders, tmp_path, mon
     assert result["cost"]["float64"]["1"]["steps"] == 1.0 and result["cost"]["float32-onednn"]["3"]["ms"] > 0
     assert result["exactness"]["float64"] == {"flips": 0, "positions": 14}  # float64: blocks agree with steps
     assert "| float32-onednn |" in capsys.readouterr().out
+
+
+def test_feature_cost_script_times_capture_and_prefill(folders, tmp_path, monkeypatch, capsys):
+    """eval/feature_cost.py: the hooks keep one hidden state per feature layer and forward call, equal to the
+    verifier's own hidden_states; the report has every arm."""
+    import sys
+
+    import datasets
+
+    script = load_script("feature_cost")
+    model = AutoModelForCausalLM.from_pretrained(folders["verifier"]).eval()
+    store = []
+    hooks = script.feature_hooks(model, [1, 2], store)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    reference = model(input_ids=ids, output_hidden_states=True).hidden_states
+    for hook in hooks:
+        hook.remove()
+    assert len(store) == 2 and torch.equal(store[0], reference[1]) and torch.allclose(store[1], reference[2])
+    rows = {"prompt_ids": [[5, 6, 7], [9, 10]], "completion_ids": [[11, 12], [13]]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "data"))
+    out = tmp_path / "cost.json"
+    argv = ["feature_cost.py", "--verifier", str(folders["verifier"]), "--dataset", str(tmp_path / "data"),
+            "--rows", "2", "--batch", "2", "--new-tokens", "3", "--repeats", "1", "--threads", "1", "--out", str(out)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    report = json.loads(out.read_text())
+    assert set(report["tokens_per_s"]) == {"generate", "generate+capture", "prefill"}
+    assert all(value > 0 for value in report["tokens_per_s"].values())

@@ -559,3 +559,50 @@ def test_the_subset_loss_is_the_whole_vocabulary_loss_restricted(setup):
     whole = model.lm_logits(hidden)
     subset = drafter_logprobs(model.lm_logits(hidden, vocabulary.head(verifier.lm_head.weight)), None)
     assert torch.allclose(subset, torch.log_softmax(whole[..., ids], dim=-1), atol=1e-6)
+
+
+def test_learning_curves_read_the_logged_tau_and_plot(tmp_path):
+    from diffuspec.training.curve import learning_curve, plot_learning_curves, write_learning_curve
+
+    log = [
+        {"step": 0, "eval_tau": 1.1},
+        {"step": 5, "loss": 2.0},
+        {"step": 10, "eval_tau": 1.6},
+        {"step": 5, "eval_tau": 1.4},
+    ]
+    assert learning_curve(log, 100.0) == [
+        {"step": 0, "answer_tokens": 0.0, "tau": 1.1},
+        {"step": 5, "answer_tokens": 500.0, "tau": 1.4},
+        {"step": 10, "answer_tokens": 1000.0, "tau": 1.6},
+    ]
+    (tmp_path / "log.json").write_text(json.dumps(log))
+    points = write_learning_curve(tmp_path / "log.json", 100.0, tmp_path / "curve.json")
+    assert json.loads((tmp_path / "curve.json").read_text()) == points
+    assert plot_learning_curves({"a": points, "b": points[:2]}, tmp_path / "curve.png").stat().st_size > 0
+    (tmp_path / "empty.json").write_text(json.dumps([{"step": 1, "loss": 1.0}]))
+    with pytest.raises(ValueError, match="logs no eval_tau"):
+        write_learning_curve(tmp_path / "empty.json", 100.0, tmp_path / "x.json")
+    with pytest.raises(ValueError, match="answer_tokens_per_step must be > 0"):
+        learning_curve(log, 0)
+
+
+def test_train_throughput_script_times_each_arm(setup, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from diffuspec.drafters.vocabulary import DraftVocabulary
+
+    root, *_ = setup
+    DraftVocabulary(torch.arange(0, 60), VOCAB).save(tmp_path / "vocab.json")
+    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "eval" / "train_throughput.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["train_throughput.py", "--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
+            "--draft-vocab", str(tmp_path / "vocab.json"), "--mask-token", "<mask>", "--anchors", "2",
+            "--steps", "2", "--batch", "2", "--block", "4", "--repeats", "1", "--threads", "1",
+            "--out", str(tmp_path / "t.json")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert set(report["answer_tokens_per_s"]) == {"whole vocabulary, 2 anchors", "draft vocabulary, 2 anchors"}
+    assert all(v > 0 for v in report["answer_tokens_per_s"].values())

@@ -23,11 +23,12 @@ verifier -> corpus -> prompts -> data -> ar_drafter -> drafter_unaligned -> prox
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..jsonl import write_jsonl
-from .stages import RECIPES, Stage, read_preset
+from .stages import RECIPES, Stage, check_preset, read_preset
 
 RECIPE = RECIPES / "smollm2-135m-cpu" / "quickstart.yaml"
 TRAIN_RECIPES = RECIPES / "smollm2-135m-cpu" / "train"
@@ -75,6 +76,10 @@ class SmolLM2Config:
     conditioned_layers: int = 1
     conditioned_steps: int = 400
     draft_window: int | None = field(default=96, metadata={"help": "Diffusion drafter context window (tokens)."})
+    curve_points: int = field(
+        default=4, metadata={"help": "Held-out tau measurements during each alignment run (besides step 0)."}
+    )
+    curve_tokens: int = field(default=64, metadata={"help": "Tokens decoded per held-out prompt for that tau."})
     draft_vocab_size: int = field(
         default=8192, metadata={"help": "Ids in the draft vocabulary (the most frequent in the answers); 0: all."}
     )
@@ -87,12 +92,7 @@ class SmolLM2Config:
     repeats: int = 3
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                raise ValueError(f"smollm2 setting {f.name} must be >= 0, got {value}")
-        if self.repeats < 3:
-            raise ValueError(f"repeats must be >= 3 (speedup is a median of interleaved repeats), got {self.repeats}")
+        check_preset(self, "smollm2")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,7 +147,6 @@ def build_prompts(config: SmolLM2Config, out: Path, inputs: dict[str, Path], wor
     """Self-written chat requests (journaled in ``work``, so a kill loses at most one batch) and task templates over
     train-split passages, filtered against every Spec-Bench turn, then sorted longest first (batched generation
     pads less); ``heldout_prompts`` self-written requests go to ``heldout.jsonl`` instead."""
-    import torch
 
     from ..datagen.selfinstruct import PromptFilter, self_instruct_prompts
     from ..evaluation.benchmarks import SPEC_BENCH_QUESTIONS
@@ -156,7 +155,6 @@ def build_prompts(config: SmolLM2Config, out: Path, inputs: dict[str, Path], wor
     from ..loading import load_causal_lm, load_tokenizer
     from .prose import instruction_prompts
 
-    torch.set_num_threads(config.threads)
     tokenizer = load_tokenizer(verifier_folder(inputs))
     model = load_causal_lm(verifier_folder(inputs)).eval()
     written = self_instruct_prompts(
@@ -185,13 +183,11 @@ def build_data(config: SmolLM2Config, out: Path, inputs: dict[str, Path], work: 
     """The verifier's batched greedy answers to the prompts stage's requests (chat template, the top-k taken from
     the generation pass itself; shards in ``work``, so a kill loses at most one batch); the held-out requests'
     token ids for the training callback's tau."""
-    import torch
 
     from ..datagen import DataGenerationConfig, generate_dataset
     from ..jsonl import read_jsonl
     from ..loading import load_tokenizer
 
-    torch.set_num_threads(config.threads)
     tokenizer = load_tokenizer(verifier_folder(inputs))
     held = [row["prompt"] for _, row in read_jsonl(inputs["prompts"] / "heldout.jsonl")]
     write_jsonl(out / "heldout_prompt_ids.jsonl", [{"prompt_ids": chat_prompt_ids(tokenizer, p)} for p in held])
@@ -324,10 +320,36 @@ def build_draft_vocab(config: SmolLM2Config, out: Path, inputs: dict[str, Path])
     write_json(out / "coverage.json", {"size": len(vocabulary), "held_out_answer_coverage": coverage})
 
 
-def build_drafter_aligned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
-    """The unaligned drafter aligned on the verifier's answers (block CE, forward KL to its top-k, greedy streak)."""
+def answer_tokens_per_step(dataset: Path, batch_size: int) -> float:
+    """Answer tokens a training step reads: the batch times the dataset's mean answer length."""
+    from datasets import load_from_disk
+
+    lengths = [len(c) for c in load_from_disk(str(dataset))["completion_ids"]]
+    return batch_size * sum(lengths) / max(1, len(lengths))
+
+
+def finish_training(config: SmolLM2Config, work: Path, out: Path, inputs: dict[str, Path]) -> None:
+    """The trained drafter from the work folder (its checkpoints left behind) and its learning curve."""
+    import shutil
+
+    from ..training.curve import CURVE_FILE, write_learning_curve
+    from ..training.run import LOG_FILE
+
+    shutil.copytree(work / "train", out / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
+    per_step = answer_tokens_per_step(inputs["data"] / "dataset", config.batch_size)
+    write_learning_curve(out / "model" / LOG_FILE, per_step, out / CURVE_FILE)
+
+
+def curve_every(config: SmolLM2Config, steps: int) -> int:
+    return max(1, steps // max(1, config.curve_points))
+
+
+def build_drafter_aligned(config: SmolLM2Config, out: Path, inputs: dict[str, Path], work: Path) -> None:
+    """The unaligned drafter aligned on the verifier's answers (block CE, forward KL to its top-k, greedy streak);
+    checkpoints in ``work`` (a rerun resumes), held-out tau ``curve_points`` times for the learning curve."""
     from .stages import run_training
 
+    every = curve_every(config, config.align_steps)
     run_training(
         TRAIN_RECIPES / "config_aligned.yaml",
         {
@@ -335,19 +357,26 @@ def build_drafter_aligned(config: SmolLM2Config, out: Path, inputs: dict[str, Pa
             "verifier_name_or_path": verifier_folder(inputs),
             "dataset_path": inputs["data"] / "dataset",
             "eval_prompts_path": heldout_prompt_ids(config, inputs),
-            "output_dir": out / "model",
+            "output_dir": work / "train",
             "max_steps": config.align_steps,
             "per_device_train_batch_size": config.batch_size,
             "max_completion_length": config.completion_tokens,
             "seed": config.seed,
+            "eval_acceptance_steps": every,
+            "eval_acceptance_prompts": config.heldout_prompts,
+            "eval_max_new_tokens": config.curve_tokens,
+            "save_steps": every,
             **({"context_window": config.draft_window} if config.draft_window is not None else {}),
         },
     )
+    finish_training(config, work, out, inputs)
 
 
-def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str, Path], work: Path) -> None:
     """A feature-conditioned block drafter on the verifier's hidden states, trained from precomputed features (one
-    verifier pass per row instead of one per step); it borrows the verifier's embedding and head."""
+    verifier pass per row instead of one per step; shards in ``work``, so a kill loses at most one) over the draft
+    vocabulary; it borrows the verifier's embedding and head. Checkpoints in ``work``; held-out tau
+    ``curve_points`` times for the learning curve."""
     import torch
     from datasets import load_from_disk
 
@@ -361,14 +390,16 @@ def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str
     layers = spread_feature_layers(model.config.num_hidden_layers)
     with torch.inference_mode():
         precompute_features(
-            model, str(verifier), load_from_disk(str(inputs["data"] / "dataset")), out / "features",
+            model, str(verifier), load_from_disk(str(inputs["data"] / "dataset")), work / "features",
             feature_layers=layers, dtype="float32",
         )  # fmt: skip
     del model
+    every = curve_every(config, config.conditioned_steps)
+    vocab = inputs["draft_vocab"] / "draft_vocab.json" if config.draft_vocab_size else None
     train_conditioned_drafter(
         verifier,
         inputs["data"] / "dataset",
-        out / "model",
+        work / "train",
         num_layers=config.conditioned_layers,
         block_size=CONDITIONED_BLOCK,
         max_steps=config.conditioned_steps,
@@ -376,9 +407,28 @@ def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str
         seed=config.seed,
         feature_layers=layers,
         mask_token=config.mask_token,
-        features_path=out / "features",
+        features_path=work / "features",
+        draft_vocab=vocab,
+        eval_prompts_path=heldout_prompt_ids(config, inputs),
+        eval_acceptance_steps=every,
+        eval_max_new_tokens=config.curve_tokens,
+        save_steps=every,
         **CONDITIONED_RECIPE,
     )
+    finish_training(config, work, out, inputs)
+
+
+def build_curves(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
+    """Both alignment runs' learning curves on one plot (``learning_curves.png``) and in one JSON file."""
+    from ..files import write_json
+    from ..training.curve import CURVE_FILE, plot_learning_curves
+
+    curves = {
+        name: json.loads((inputs[stage] / CURVE_FILE).read_text())
+        for name, stage in (("dlm_aligned", "drafter_aligned"), ("dlm_conditioned", "drafter_conditioned"))
+    }
+    write_json(out / "learning_curves.json", curves)
+    plot_learning_curves(curves, out / "learning_curves.png")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -446,14 +496,17 @@ STAGES = [
         "drafter_aligned",
         ("verifier", "data", "drafter_unaligned"),
         build_drafter_aligned,
-        ("align_steps", "completion_tokens", "draft_window", "batch_size", "seed"),
+        ("align_steps", "completion_tokens", "draft_window", "batch_size", "seed", "curve_points", "curve_tokens"),
+        resumable=True,
     ),
     Stage(
         "drafter_conditioned",
-        ("verifier", "data"),
+        ("verifier", "data", "draft_vocab"),
         build_drafter_conditioned,
-        ("conditioned_layers", "conditioned_steps", "mask_token", "batch_size", "seed"),
+        ("conditioned_layers", "conditioned_steps", "mask_token", "batch_size", "seed", "curve_points", "curve_tokens"),
+        resumable=True,
     ),
+    Stage("curves", ("drafter_aligned", "drafter_conditioned"), build_curves, ()),
     Stage(
         "eval",
         (

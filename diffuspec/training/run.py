@@ -35,10 +35,10 @@ from .modeling import (
     check_drafter_tokenizer,
     check_precision,
     freeze_embeddings,
+    load_drafter_model,
     load_verifier,
     save_merged,
 )
-from .modeling import load_drafter_model as load_drafter
 from .trainer import DrafterTrainer
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_drafter_training(
     ###############
     # Drafter, verifier, tokenizer
     ###############
-    model, mask_token_id, shifted = load_drafter(model_args, training_args)
+    model, mask_token_id, shifted = load_drafter_model(model_args, training_args)
     tokenizer = load_tokenizer(model_args.drafter_name_or_path)
     check_drafter_tokenizer(tokenizer, mask_token_id)
     online_teacher = training_args.needs_teacher and not has_teacher
