@@ -116,6 +116,7 @@ def test_main_trains_lora_with_online_teacher_and_acceptance_eval_then_resumes(f
     trainer = script.main(*parse_config(argv))
     assert trainer.teacher is not None and type(trainer.teacher).__name__ == "OnlineTeacher"
     assert any("eval_tau" in h for h in trainer.state.log_history)
+    assert json.loads((out / "train_log.json").read_text()) == trainer.state.log_history  # the learning curve's input
     assert (out / "adapter_config.json").exists() and (out / "checkpoint-2").exists()
     merged = DiffusionDrafter.from_pretrained(out / "merged")
     assert merged.mask_token_id == MASK and merged.shifted

@@ -34,7 +34,8 @@ RECIPE = RECIPES / "smollm2-135m-cpu" / "quickstart.yaml"
 TRAIN_RECIPES = RECIPES / "smollm2-135m-cpu" / "train"
 ADL = {"k_min": 4, "k_max": 12, "delta": 4}  # a one- or two-layer drafter rarely gets 20 slots right
 CONDITIONED_BLOCK = 12  # ADL's k_max: every draft length it asks for fits the block
-CONDITIONED_RECIPE = {"learning_rate": 1e-3, "anchors_per_sequence": 8, "decay_gamma": 4.0, "streak_weight": 1.0}
+# anchors above answer tokens / block (128 / 12 ≈ 11): each answer token sits in one or two drafted blocks a pass
+CONDITIONED_RECIPE = {"learning_rate": 1e-3, "anchors_per_sequence": 16, "decay_gamma": 4.0, "streak_weight": 1.0}
 
 
 @dataclass

@@ -43,7 +43,7 @@ from .trainer import DrafterTrainer
 
 logger = logging.getLogger(__name__)
 
-LOG_FILE = "train_log.json"  # the Trainer's log history, written next to a saved conditioned drafter
+LOG_FILE = "train_log.json"  # the Trainer's log history (losses, held-out tau), written next to a saved drafter
 
 
 def resume_checkpoint(training_args: TrainingArguments) -> str | None:
@@ -144,6 +144,7 @@ def run_drafter_training(
     trainer.save_model(training_args.output_dir)
     if trainer.args.should_save:
         record_recommended_decode(training_args.output_dir, training_args.eval_decode_config())
+        write_json(Path(training_args.output_dir) / LOG_FILE, trainer.state.log_history, indent=1)
     logger.info(f"Drafter saved to {training_args.output_dir}")
     if model_args.use_lora and model_args.merge_and_save and trainer.args.should_save:
         merged_dir = os.path.join(training_args.output_dir, "merged")
