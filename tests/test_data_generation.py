@@ -485,6 +485,8 @@ def test_self_instruct_prompts_are_seeded_finished_and_resume_from_their_journal
     assert 0 < len(rows) <= 10 and len({r["id"] for r in rows}) == len(rows)
     assert all(r["kind"] in STEERS and any(r["prompt"].startswith(s) for s in STEERS[r["kind"]]) for r in rows)
     assert len((tmp_path / "journal.jsonl").read_text().splitlines()) == 3  # one line per batch of 4
+    with (tmp_path / "journal.jsonl").open("a") as handle:
+        handle.write('{"batch": 7, "rows": [')  # a write killed midway: dropped on resume
     model.generate = lambda *a, **k: pytest.fail("a resumed run must not generate")
     assert (
         self_instruct_prompts(model, tokenizer, 10, tmp_path / "journal.jsonl", seed=1, batch_size=4, max_tokens=12)

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 
 from ..jsonl import read_jsonl
+from ..training.collator import left_pad
+from .shards import repair_shard
 
 SENTINEL = "\u2063SELF-INSTRUCT\u2063"  # an invisible separator pair no template contains
 #: kind of work -> steering openings written after the user header (the model writes the rest of the request)
@@ -94,6 +96,7 @@ def self_instruct_prompts(
     header = user_header(tokenizer)
     end_of_turn = tokenizer.eos_token_id
     journal = Path(journal)
+    repair_shard(journal)  # a write killed midway leaves a torn last line: that batch is generated again
     done = {int(row["batch"]): row["rows"] for _, row in read_jsonl(journal)} if journal.is_file() else {}
     plan = _steer_plan(count, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_of_turn
@@ -107,13 +110,11 @@ def self_instruct_prompts(
             if index in done:
                 continue
             chunk = plan[start : start + batch_size]
-            steers = [tokenizer(header + steer, add_special_tokens=False).input_ids for _, steer in chunk]
-            width = max(map(len, steers))
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in steers])
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in steers])
+            batch = left_pad([tokenizer(header + steer, add_special_tokens=False).input_ids for _, steer in chunk], pad)
+            width = batch["input_ids"].shape[1]
             torch.manual_seed(_batch_seed(seed, index))
-            with torch.inference_mode():
-                out = model.generate(ids, attention_mask=mask, generation_config=config)
+            with torch.inference_mode():  # generate derives the positions from the mask
+                out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config)
             rows = []
             for i, ((kind, steer), generated) in enumerate(zip(chunk, out[:, width:].tolist(), strict=True)):
                 if end_of_turn not in generated:
