@@ -606,3 +606,22 @@ def test_train_throughput_script_times_each_arm(setup, tmp_path, monkeypatch):
     report = json.loads((tmp_path / "t.json").read_text())
     assert set(report["answer_tokens_per_s"]) == {"whole vocabulary, 2 anchors", "draft vocabulary, 2 anchors"}
     assert all(v > 0 for v in report["answer_tokens_per_s"].values())
+
+
+def test_overfit_gate_script_logs_loss_and_tau_on_its_own_prompts(setup, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    root, *_ = setup
+    spec = importlib.util.spec_from_file_location("overfit_gate", ROOT / "eval" / "overfit_gate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["overfit_gate.py", "--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
+            "--mask-token", "<mask>", "--first-row", "2", "--rows", "4", "--steps", "4", "--block", "4",
+            "--anchors", "2", "--eval-every", "2", "--eval-tokens", "6", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    gate = json.loads((tmp_path / "gate.json").read_text())
+    assert [row["step"] for row in gate["log"] if "eval_tau" in row] == [0, 2, 4]
+    assert any("loss" in row for row in gate["log"])
+    assert len(datasets.load_from_disk(str(tmp_path / "rows"))) == 4
