@@ -21,6 +21,7 @@ import datasets
 import torch
 
 from diffuspec.files import write_json
+from diffuspec.quickstart.smollm2 import CONDITIONED_RECIPE
 from diffuspec.training.run import LOG_FILE, train_conditioned_drafter
 
 
@@ -33,8 +34,8 @@ def main() -> None:
     parser.add_argument("--first-row", type=int, default=0)
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--anchors", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=CONDITIONED_RECIPE["learning_rate"])
+    parser.add_argument("--anchors", type=int, default=CONDITIONED_RECIPE["anchors_per_sequence"])
     parser.add_argument("--block", type=int, default=12)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-tokens", type=int, default=48)
@@ -45,12 +46,12 @@ def main() -> None:
     rows = datasets.load_from_disk(args.dataset).select(range(args.first_row, args.first_row + args.rows))
     rows.save_to_disk(str(args.out / "rows"))
     datasets.Dataset.from_dict({"prompt_ids": rows["prompt_ids"]}).save_to_disk(str(args.out / "prompts"))
+    recipe = {**CONDITIONED_RECIPE, "learning_rate": args.lr, "anchors_per_sequence": args.anchors}  # the preset's
     train_conditioned_drafter(
         args.verifier, args.out / "rows", args.out / "drafter", num_layers=1, block_size=args.block,
-        max_steps=args.steps, batch_size=min(8, args.rows), learning_rate=args.lr, anchors_per_sequence=args.anchors,
-        decay_gamma=4.0, streak_weight=1.0, mask_token=args.mask_token, draft_vocab=args.draft_vocab,
+        max_steps=args.steps, batch_size=min(8, args.rows), mask_token=args.mask_token, draft_vocab=args.draft_vocab,
         eval_prompts_path=args.out / "prompts", eval_acceptance_steps=args.eval_every,
-        eval_max_new_tokens=args.eval_tokens,
+        eval_max_new_tokens=args.eval_tokens, **recipe,
     )  # fmt: skip
     log = json.loads((args.out / "drafter" / LOG_FILE).read_text())
     keep = ("step", "loss", "loss/block_ce", "eval_tau")

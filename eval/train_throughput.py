@@ -22,15 +22,16 @@ from datasets import load_from_disk
 
 from diffuspec.evaluation.environment import environment
 from diffuspec.files import write_json
+from diffuspec.quickstart.smollm2 import CONDITIONED_RECIPE
 from diffuspec.training.run import LOG_FILE, train_conditioned_drafter
 
 
 def runtime(args: argparse.Namespace, draft_vocab: str | None, anchors: int) -> float:
     with tempfile.TemporaryDirectory() as out:
+        recipe = {**CONDITIONED_RECIPE, "anchors_per_sequence": anchors}  # the SmolLM2 preset's, anchors varied
         train_conditioned_drafter(
             args.verifier, args.dataset, out, num_layers=1, block_size=args.block, max_steps=args.steps,
-            batch_size=args.batch, learning_rate=1e-3, anchors_per_sequence=anchors, decay_gamma=4.0,
-            streak_weight=1.0, mask_token=args.mask_token, draft_vocab=draft_vocab,
+            batch_size=args.batch, mask_token=args.mask_token, draft_vocab=draft_vocab, **recipe,
         )  # fmt: skip
         log = json.loads((Path(out) / LOG_FILE).read_text())
     return next(row["train_runtime"] for row in log if "train_runtime" in row)
