@@ -226,3 +226,8 @@ def test_from_pretrained_and_generate_take_a_vocabulary_file(folders, tmp_path, 
             "--k-min", "2", "--k-max", "6"]  # fmt: skip
     assert main(argv) == 0
     assert '"rounds"' in capsys.readouterr().err
+
+
+def test_columns_map_full_ids_to_head_rows():
+    vocabulary = DraftVocabulary(torch.tensor([1, 4, 6]), 8)
+    assert vocabulary.columns().tolist() == [-1, 0, -1, -1, 1, -1, 2, -1]

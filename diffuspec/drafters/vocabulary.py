@@ -109,6 +109,13 @@ class DraftVocabulary:
         rows = weight.detach()[ids].contiguous()
         return rows, None if bias is None else bias.detach()[ids].contiguous()
 
+    def columns(self) -> torch.Tensor:
+        """``[vocab_size]`` map from a full id to its column among the subset's head rows, -1 for ids outside it
+        (the targets a drafter with this subset can never propose)."""
+        index = torch.full((self.vocab_size,), -1, dtype=torch.long)
+        index[self.ids] = torch.arange(len(self.ids))
+        return index
+
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, {"format": FORMAT, "vocab_size": self.vocab_size, "ids": self.ids.tolist()}, indent=None)
 

@@ -76,9 +76,7 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
             self.vocabulary = DraftVocabulary.load(args.draft_vocab)
             self.vocabulary.check_drafter(int(config.vocab_size), int(config.mask_token_id))
             self._head_rows = self.vocabulary.head(model.verifier_head.weight, model.verifier_head.bias)
-            # full id -> its column among the draft vocabulary's rows, -1 for ids the drafter can never propose
-            self._vocab_index = torch.full((int(config.vocab_size),), -1, dtype=torch.long)
-            self._vocab_index[self.vocabulary.ids] = torch.arange(len(self.vocabulary))
+            self._vocab_index = self.vocabulary.columns()
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, AcceptanceCallback):
                 callback.bind(self)
