@@ -182,5 +182,19 @@ def test_accelerate_configs_load_and_resolve_to_launch_settings(path):
         _, env = prepare_simple_launcher_cmd_env(launch)
         assert env["ACCELERATE_USE_CPU"] == "True"
     assert env["ACCELERATE_MIXED_PRECISION"] == config.mixed_precision
-    expected = {"single_cpu": "NO", "ddp": "MULTI_GPU", "fsdp2": "FSDP"}.get(path.stem, "DEEPSPEED")
+    kinds = {"single_cpu": "NO", "ddp": "MULTI_GPU", "ddp_cpu": "MULTI_GPU", "fsdp2": "FSDP", "fsdp2_cpu": "FSDP"}
+    expected = kinds.get(path.stem, "DEEPSPEED")
     assert config.distributed_type.value == expected
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp2"])
+def test_cpu_launch_configs_shard_as_their_gpu_configs(name):
+    """The *_cpu.yaml configs the CPU tests launch differ from the GPU ones only in process count and precision."""
+    import yaml
+
+    folder = ROOT / "recipes" / "accelerate_configs"
+    gpu, cpu = (yaml.safe_load((folder / f"{stem}.yaml").read_text()) for stem in (name, f"{name}_cpu"))
+    assert cpu.pop("num_processes") == 2 and cpu.pop("mixed_precision") == "no" and cpu["use_cpu"] is False
+    for key in ("num_processes", "mixed_precision", "gpu_ids"):
+        gpu.pop(key, None)
+    assert cpu == gpu

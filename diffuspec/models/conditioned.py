@@ -666,6 +666,15 @@ class ConditionedDecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = ConditionedMLP(config)
 
+    #: methods besides forward that read this layer's weights: FSDP2 gathers them around these too (training.sharding)
+    fsdp_forward_methods = ("memory_key_values",)
+
+    def memory_key_values(
+        self, context: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values of the fused memory rows ``context`` ``[B, M, H]``."""
+        return self.self_attn.key_values(context, cos, sin)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -906,7 +915,7 @@ class ConditionedDrafterModel(PreTrainedModel):
         context = self.fuse(features)
         positions = torch.arange(start, start + features.shape[1], device=self.device)[None]
         cos, sin = self._rope(positions)
-        pairs = [layer.self_attn.key_values(context, cos, sin) for layer in self.layers]
+        pairs = [layer.memory_key_values(context, cos, sin) for layer in self.layers]
         return [k for k, _ in pairs], [v for _, v in pairs]
 
     def _run_blocks(

@@ -3,7 +3,8 @@
 ``AtomicCheckpointMixin`` goes before ``transformers.Trainer`` in a trainer's bases. ``_save_checkpoint`` writes
 ``checkpoint-N`` into a hidden staging folder and renames it into place when complete, so an interrupted save never
 leaves a broken ``checkpoint-N`` (``get_last_checkpoint`` ignores the staging name), and weights that went
-non-finite are never saved over a good checkpoint.
+non-finite are never saved over a good checkpoint. It brings ``sharding.ShardedTrainingMixin`` along (FSDP2 on CPU
+processes too, and full weights beside a sharded checkpoint's shards), so both drafter trainers have it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import shutil
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+from .sharding import ShardedTrainingMixin
 
 STAGING_PREFIX = ".partial-"
 
@@ -22,7 +26,7 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or non-finite weights; nothing was stepped or saved after it."""
 
 
-class AtomicCheckpointMixin:
+class AtomicCheckpointMixin(ShardedTrainingMixin):
     """Atomic ``checkpoint-N`` folders for a ``transformers.Trainer`` subclass (see the module docstring)."""
 
     def _last_checkpoint_hint(self) -> str:
@@ -71,7 +75,9 @@ class AtomicCheckpointMixin:
         )
 
     def _check_weights_finite(self, model: nn.Module) -> None:
-        flags = [torch.isfinite(p.detach()).all() for p in model.parameters() if p.numel()]
+        # this process's shard of each sharded (FSDP2) parameter; the sum over processes below covers the rest
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in model.parameters()]
+        flags = [torch.isfinite(p.detach()).all() for p in local if p.numel()]
         bad = (~torch.stack(flags).all()).float() if flags else torch.zeros((), device=self.args.device)
         if self.accelerator.num_processes > 1:
             bad = self.accelerator.reduce(bad.to(self.args.device), reduction="sum")

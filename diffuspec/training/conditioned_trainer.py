@@ -95,11 +95,13 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
 
     def _anchor_rng(self) -> torch.Generator:
         """A generator seeded by (seed, step, micro-batch): a resumed run draws the anchors the uninterrupted run
-        drew, so its losses match step for step."""
+        drew, so its losses match step for step. The micro-batch is counted across processes (process r's i-th is
+        i * world + r), so N processes draw what one process accumulating N micro-batches draws."""
         if self._anchor_step != self.state.global_step:
             self._anchor_step, self._anchor_calls = self.state.global_step, 0
         self._anchor_calls += 1
-        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 101 + self._anchor_calls
+        call = (self._anchor_calls - 1) * self.args.world_size + self.args.process_index + 1
+        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 101 + call
         return torch.Generator().manual_seed(seed)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

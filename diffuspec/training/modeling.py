@@ -149,6 +149,17 @@ def apply_lora(
     return model
 
 
+def load_saved_lora(
+    model_args: ModelArguments, training_args: DrafterTrainingConfig, adapter_dir: str | os.PathLike
+) -> nn.Module:
+    """The drafter with the LoRA adapters saved in ``adapter_dir``: what to merge after sharded (FSDP) training,
+    whose in-memory weights are each process's shards (the base weights were frozen, so they are the loaded ones)."""
+    from peft import PeftModel
+
+    base, _, _ = load_drafter_model(model_args, training_args)
+    return PeftModel.from_pretrained(base, adapter_dir)
+
+
 def save_merged(peft_model, out_dir: str | os.PathLike, mask_token_id: int, shifted: bool, tokenizer=None) -> Path:
     """Merge the adapters into the base weights (``merge_and_unload``) and save a loadable drafter, atomically."""
     merged = peft_model.merge_and_unload()

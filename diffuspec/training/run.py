@@ -36,6 +36,7 @@ from .modeling import (
     check_precision,
     freeze_embeddings,
     load_drafter_model,
+    load_saved_lora,
     load_verifier,
     save_merged,
 )
@@ -148,7 +149,10 @@ def run_drafter_training(
     logger.info(f"Drafter saved to {training_args.output_dir}")
     if model_args.use_lora and model_args.merge_and_save and trainer.args.should_save:
         merged_dir = os.path.join(training_args.output_dir, "merged")
-        save_merged(trainer.accelerator.unwrap_model(trainer.model), merged_dir, mask_token_id, shifted, tokenizer)
+        adapted = trainer.accelerator.unwrap_model(trainer.model)
+        if trainer.is_fsdp_enabled:  # its weights are shards: merge the saved adapters into the base drafter
+            adapted = load_saved_lora(model_args, training_args, training_args.output_dir)
+        save_merged(adapted, merged_dir, mask_token_id, shifted, tokenizer)
         record_recommended_decode(merged_dir, training_args.eval_decode_config())
         logger.info(f"Merged LoRA drafter saved to {merged_dir}")
     trainer.accelerator.wait_for_everyone()
@@ -354,7 +358,7 @@ def run_feature_precompute(args: FeatureArguments) -> FeatureSpec:
 
     dataset = load_examples(args.dataset_path)  # checked before the verifier loads
     check_examples(dataset, f"dataset_path {args.dataset_path}")
-    state = PartialState()
+    state = PartialState(cpu=not torch.accelerator.is_available())  # CPU processes: gloo, one shard set each
     verifier = load_causal_lm(args.verifier, dtype=args.model_dtype, device_map={"": state.device})
     with torch.inference_mode():
         spec = precompute_features(
