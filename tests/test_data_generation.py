@@ -457,9 +457,23 @@ def test_batched_backend_matches_exact_decoding(tmp_path, verifier_dir):
             chunk_size=4,
         )
     )
-    for a, b in zip(rows_of(exact), rows_of(batched), strict=True):
-        assert a["completion_ids"] == b["completion_ids"]
-        assert a["teacher_topk_ids"] == b["teacher_topk_ids"]
+    recorded = generate_dataset(  # the top-k kept by a logits processor during generation, no second pass
+        config(
+            verifier_dir,
+            tmp_path / "recorded",
+            prompt_token_ids=str(prompts),
+            teacher_topk=3,
+            backend="transformers",
+            chunk_size=4,
+            teacher_from_generation=True,
+        )
+    )
+    for a, b, c in zip(rows_of(exact), rows_of(batched), rows_of(recorded), strict=True):
+        assert a["completion_ids"] == b["completion_ids"] == c["completion_ids"]
+        assert a["teacher_topk_ids"] == b["teacher_topk_ids"] == c["teacher_topk_ids"]
+        torch.testing.assert_close(
+            torch.tensor(c["teacher_topk_logprobs"]), torch.tensor(a["teacher_topk_logprobs"]), rtol=0, atol=1e-4
+        )
     with pytest.raises(ValueError, match="greedily only"):
         config(verifier_dir, tmp_path / "x", prompt_token_ids=str(prompts), backend="transformers", temperature=0.7)
 

@@ -84,6 +84,29 @@ class DecoderBackend:
         return make_record(row, completion, topk)
 
 
+class TopKRecorder:
+    """A logits processor that keeps the top-k log-probs of every generation step and changes no score.
+
+    It replaces ``output_logits=True``, which holds ``[B, steps, V]`` float logits until ``generate`` returns
+    (1.6 GB for 64 rows x 128 steps of a 49K vocabulary): this keeps ``[B, steps, k]``."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.values: list[torch.Tensor] = []
+        self.ids: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logprobs = torch.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
+        values, ids = logprobs.topk(self.k, dim=-1)
+        self.values.append(values.float().cpu())
+        self.ids.append(ids.cpu())
+        return scores
+
+    def rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, steps, k]`` ids and log-probs: step t scored ``p(. | prompt, completion[:t])``."""
+        return torch.stack(self.ids, dim=1), torch.stack(self.values, dim=1)
+
+
 class BatchedBackend:
     """Greedy continuations of a whole chunk in one left-padded ``generate`` call: several times faster than batch 1
     on a CPU. Padding changes the floating-point sums, so a near-tie argmax can differ from batch-1 decoding;
@@ -93,7 +116,7 @@ class BatchedBackend:
         self.model, self.config, self.eos, self.pad = model, config, eos, pad
 
     def __call__(self, rows: Sequence[PromptRow]) -> list[dict[str, Any]]:
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         batch = left_pad([list(row.prompt_ids) for row in rows], self.pad)  # generate derives the positions
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
@@ -105,23 +128,21 @@ class BatchedBackend:
             pad_token_id=self.pad,
         )
         k, from_generation = self.config.teacher_topk, self.config.teacher_from_generation
+        recorder = TopKRecorder(k) if k and from_generation else None
         with torch.inference_mode():
-            out = self.model.generate(
+            sequences = self.model.generate(
                 input_ids.to(self.model.device),
                 attention_mask=attention_mask.to(self.model.device),
                 generation_config=greedy,
-                output_logits=bool(k and from_generation),
-                return_dict_in_generate=True,
+                logits_processor=LogitsProcessorList([recorder] if recorder is not None else []),
             )
-        step_logits = torch.stack(out.logits, dim=1) if k and from_generation else None  # [B, steps, V]
+        step_ids, step_values = recorder.rows() if recorder is not None else (None, None)
         records = []
-        for i, (row, generated) in enumerate(zip(rows, out.sequences[:, width:].tolist(), strict=True)):
+        for i, (row, generated) in enumerate(zip(rows, sequences[:, width:].tolist(), strict=True)):
             completion = cut_after_eos(generated, self.eos)  # the rest is padding
             topk = None
-            if k and step_logits is not None:  # step t scored p(. | prompt, completion[:t]): the teacher's row t
-                logprobs = torch.log_softmax(step_logits[i, : len(completion)].float(), dim=-1)
-                values, ids = logprobs.topk(k, dim=-1)
-                topk = ids.tolist(), values.tolist()
+            if step_ids is not None:
+                topk = step_ids[i, : len(completion)].tolist(), step_values[i, : len(completion)].tolist()
             elif k:
                 topk = teacher_topk(self.model, row.prompt_ids, completion, k)
             records.append(make_record(row, completion, topk))
