@@ -187,7 +187,7 @@ def test_accelerate_configs_load_and_resolve_to_launch_settings(path):
     assert config.distributed_type.value == expected
 
 
-@pytest.mark.parametrize("name", ["ddp", "fsdp2"])
+@pytest.mark.parametrize("name", ["ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"])
 def test_cpu_launch_configs_shard_as_their_gpu_configs(name):
     """The *_cpu.yaml configs the CPU tests launch differ from the GPU ones only in process count and precision."""
     import yaml

@@ -1,5 +1,6 @@
-"""FSDP2 run, not parsed: both trainers on 2 CPU processes through ``accelerate launch`` with
-``recipes/accelerate_configs/fsdp2_cpu.yaml`` (``fsdp2.yaml``'s sharding: per decoder layer, sharded checkpoints).
+"""FSDP2 and DeepSpeed ZeRO-2 / ZeRO-3 run, not parsed: both trainers on 2 CPU processes through ``accelerate
+launch`` with ``recipes/accelerate_configs/*_cpu.yaml`` (the GPU configs' sharding; FSDP2 in CI, the DeepSpeed runs
+slow and only where deepspeed is installed).
 
 Each run is checked against one process accumulating the same global batch (2 micro-batches of 2: the objectives
 are per-micro-batch means, which data parallelism averages as accumulation does), so losses and weights agree to
@@ -68,22 +69,22 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def launch(tmp_path: Path, script: str, argv: list[str], kill_at: int | None = None) -> subprocess.CompletedProcess:
-    """``accelerate launch --config_file recipes/accelerate_configs/fsdp2_cpu.yaml train/<script> argv`` (with
-    ``kill_at``: through KILLER)."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp2_cpu.yaml")]
+def launch(tmp_path: Path, config: str, script: str, argv: list[str], kill_at: int | None = None):
+    """``accelerate launch --config_file recipes/accelerate_configs/<config>.yaml train/<script> argv`` (with
+    ``kill_at``: through KILLER); DeepSpeed runs on its CPU accelerator."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml")]
     if kill_at is not None:
         killer = tmp_path / "killer.py"
         killer.write_text(KILLER)
         command += [str(killer), str(kill_at)]
     command += [str(ROOT / "train" / script), *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "DS_ACCELERATOR": "cpu"}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
 
 
-def launched(tmp_path: Path, script: str, argv: list[str]) -> str:
+def launched(tmp_path: Path, config: str, script: str, argv: list[str]) -> str:
     """The launch's standard output, once it succeeded."""
-    result = launch(tmp_path, script, argv)
+    result = launch(tmp_path, config, script, argv)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -103,21 +104,27 @@ def assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
         torch.testing.assert_close(left[name], right[name], rtol=0, atol=atol, msg=name)
 
 
-def assert_sharded_checkpoint(checkpoint: Path) -> None:
-    """Each process wrote its own shard of the weights and of the optimizer state (torch.distributed.checkpoint)."""
-    for part in ("pytorch_model_fsdp_0", "optimizer_0"):
-        assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+def assert_sharded_checkpoint(checkpoint: Path, config: str) -> None:
+    """Each process wrote its own shard of the optimizer state (and with FSDP2 / ZeRO-3, of the weights): FSDP2
+    through torch.distributed.checkpoint, DeepSpeed in its global_stepN folder."""
+    if config.startswith("fsdp2"):
+        for part in ("pytorch_model_fsdp_0", "optimizer_0"):
+            assert sorted(p.name for p in (checkpoint / part).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+        return
+    files = {p.name for p in (checkpoint / f"global_step{checkpoint.name.split('-')[1]}").iterdir()}
+    kinds = ["optim"] + (["model"] if config.startswith("deepspeed_zero3") else [])
+    assert {f"zero_pp_rank_{r}_mp_rank_00_{kind}_states.pt" for r in (0, 1) for kind in kinds} <= files
 
 
-def kill_and_resume(tmp_path: Path, script: str, argv: list[str], uninterrupted: Path) -> None:
+def kill_and_resume(tmp_path: Path, config: str, script: str, argv: list[str], uninterrupted: Path) -> None:
     """A run killed in step KILL_AT + 1 leaves checkpoint-SAVE_AT only; the same command again resumes from it to
     the uninterrupted run's losses and weights."""
     out = tmp_path / "killed"
-    killed = launch(tmp_path, script, [*argv, "--output_dir", str(out)], kill_at=KILL_AT)
-    assert killed.returncode != 0 and "Signal 9 (SIGKILL)" in killed.stderr
+    killed = launch(tmp_path, config, script, [*argv, "--output_dir", str(out)], kill_at=KILL_AT)
+    assert killed.returncode != 0  # the launcher ends the other process too (which one it names first varies)
     assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint")] == [f"checkpoint-{SAVE_AT}"]
-    assert_sharded_checkpoint(out / f"checkpoint-{SAVE_AT}")
-    resumed = launched(tmp_path, script, [*argv, "--output_dir", str(out)])
+    assert_sharded_checkpoint(out / f"checkpoint-{SAVE_AT}", config)
+    resumed = launched(tmp_path, config, script, [*argv, "--output_dir", str(out)])
     assert resumed.count("{'loss'") == STEPS - SAVE_AT  # the steps after the checkpoint, not a fresh run
     assert losses(out) == pytest.approx(losses(uninterrupted), rel=1e-6)
     assert_same_weights(out, uninterrupted, atol=1e-6)
@@ -130,6 +137,19 @@ def decodes_losslessly(verifier, drafter, prompts: list[list[int]], config: Deco
         if not torch.equal(speculative.generate(ids, 12).sequences, plain.generate(ids, 12).sequences):
             return False
     return True
+
+
+def slow(config: str):
+    return pytest.param(config, marks=pytest.mark.slow)
+
+
+# FSDP2 in CI; DeepSpeed where it is installed (the deepspeed extra; DS_BUILD_OPS=0, no compiled ops), slow.
+CONFIGS_RUN = ["fsdp2_cpu", slow("deepspeed_zero2_cpu"), slow("deepspeed_zero3_cpu")]
+
+
+def needs(config: str) -> None:
+    if config.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
 
 
 # ---------------------------------------------------------------- the diffusion drafter (train/train_drafter.py)
@@ -170,32 +190,36 @@ def one_process_drafter(argv: list[str], out: Path) -> Path:
     return out
 
 
-def test_fsdp2_drafter_run_matches_one_process_and_resumes_after_a_kill(drafter_setup, tmp_path):
+@pytest.mark.parametrize("config", CONFIGS_RUN)
+def test_drafter_run_matches_one_process_and_resumes_after_a_kill(drafter_setup, tmp_path, config):
+    needs(config)
     root, verifier, prompts = drafter_setup
     argv = drafter_argv(root)
     reference = one_process_drafter(argv, tmp_path / "one")
-    launched(tmp_path, "train_drafter.py", [*argv, "--output_dir", str(tmp_path / "fsdp")])
-    fsdp = tmp_path / "fsdp"
-    assert len(losses(fsdp)) == STEPS and losses(fsdp) == pytest.approx(losses(reference), rel=1e-5)
-    assert_same_weights(fsdp, reference)
-    assert_sharded_checkpoint(fsdp / f"checkpoint-{SAVE_AT}")
-    assert decodes_losslessly(verifier, DiffusionDrafter.from_pretrained(fsdp), prompts)
-    kill_and_resume(tmp_path, "train_drafter.py", argv, fsdp)
+    run = tmp_path / "run"
+    launched(tmp_path, config, "train_drafter.py", [*argv, "--output_dir", str(run)])
+    assert len(losses(run)) == STEPS and losses(run) == pytest.approx(losses(reference), rel=1e-5)
+    assert_same_weights(run, reference)
+    assert_sharded_checkpoint(run / f"checkpoint-{SAVE_AT}", config)
+    assert decodes_losslessly(verifier, DiffusionDrafter.from_pretrained(run), prompts)
+    kill_and_resume(tmp_path, config, "train_drafter.py", argv, run)
 
 
-def test_fsdp2_lora_run_matches_one_process_and_saves_a_merged_drafter(drafter_setup, tmp_path):
-    """LoRA adapters (no dropout, whose draws differ per process) under FSDP2; the merged drafter is built from the
-    saved adapters, since the trained weights in memory are shards."""
+@pytest.mark.parametrize("config", CONFIGS_RUN)
+def test_lora_run_matches_one_process_and_saves_a_merged_drafter(drafter_setup, tmp_path, config):
+    """LoRA adapters (no dropout, whose draws differ per process); with FSDP2 and ZeRO-3 the merged drafter is built
+    from the saved adapters, since the trained weights in memory are shards."""
+    needs(config)
     root, verifier, prompts = drafter_setup
     argv = drafter_argv(root, use_lora="true", lora_r=4, lora_dropout=0.0)
     reference = one_process_drafter(argv, tmp_path / "one")
-    launched(tmp_path, "train_drafter.py", [*argv, "--output_dir", str(tmp_path / "fsdp")])
-    fsdp = tmp_path / "fsdp"
-    assert losses(fsdp) == pytest.approx(losses(reference), rel=1e-5)
-    assert (fsdp / "adapter_model.safetensors").exists() and (fsdp / f"checkpoint-{SAVE_AT}" / "adapter_config.json")
-    assert_sharded_checkpoint(fsdp / f"checkpoint-{SAVE_AT}")
-    assert_same_weights(fsdp / "merged", reference / "merged")
-    merged = DiffusionDrafter.from_pretrained(fsdp / "merged")
+    run = tmp_path / "run"
+    launched(tmp_path, config, "train_drafter.py", [*argv, "--output_dir", str(run)])
+    assert losses(run) == pytest.approx(losses(reference), rel=1e-5)
+    assert (run / "adapter_model.safetensors").exists() and (run / f"checkpoint-{SAVE_AT}" / "adapter_config.json")
+    assert_sharded_checkpoint(run / f"checkpoint-{SAVE_AT}", config)
+    assert_same_weights(run / "merged", reference / "merged")
+    merged = DiffusionDrafter.from_pretrained(run / "merged")
     assert any(not torch.equal(p, q) for p, q in zip(merged.model.parameters(), load_base(root), strict=True))
     assert decodes_losslessly(verifier, merged, prompts)
 
@@ -224,12 +248,14 @@ def conditioned_setup(tmp_path_factory):
     return root, verifier, prompts[:3]
 
 
-def test_fsdp2_conditioned_run_matches_one_process_resumes_and_exports(conditioned_setup, tmp_path):
+@pytest.mark.parametrize("config", CONFIGS_RUN)
+def test_conditioned_run_matches_one_process_resumes_and_exports(conditioned_setup, tmp_path, config):
     from diffuspec.export import export_drafter
     from diffuspec.loading import load_conditioned_model
     from diffuspec.training.conditioned_config import parse_conditioned_config
     from diffuspec.training.run import run_conditioned_training
 
+    needs(config)
     root, verifier, prompts = conditioned_setup
     argv = flags(
         verifier_name_or_path=root / "verifier", dataset_path=root / "dataset", block_size=4, num_hidden_layers=2,
@@ -239,18 +265,18 @@ def test_fsdp2_conditioned_run_matches_one_process_resumes_and_exports(condition
     reference = tmp_path / "one"
     one = [*argv, "--output_dir", str(reference), "--gradient_accumulation_steps", "2"]
     run_conditioned_training(*parse_conditioned_config(one))
-    launched(tmp_path, "train_conditioned.py", [*argv, "--output_dir", str(tmp_path / "fsdp")])
-    fsdp = tmp_path / "fsdp"
-    assert len(losses(fsdp)) == STEPS and losses(fsdp) == pytest.approx(losses(reference), rel=1e-5)
-    assert_same_weights(fsdp, reference)
-    assert_sharded_checkpoint(fsdp / f"checkpoint-{SAVE_AT}")
-    drafter = ConditionedDrafter.from_pretrained(fsdp, verifier)
+    run = tmp_path / "run"
+    launched(tmp_path, config, "train_conditioned.py", [*argv, "--output_dir", str(run)])
+    assert len(losses(run)) == STEPS and losses(run) == pytest.approx(losses(reference), rel=1e-5)
+    assert_same_weights(run, reference)
+    assert_sharded_checkpoint(run / f"checkpoint-{SAVE_AT}", config)
+    drafter = ConditionedDrafter.from_pretrained(run, verifier)
     assert decodes_losslessly(verifier, drafter, prompts, DecodeConfig.for_block(4))
-    exported = export_drafter(fsdp, tmp_path / "dflash")
-    trained = load_conditioned_model(fsdp).state_dict()
+    exported = export_drafter(run, tmp_path / "dflash")
+    trained = load_conditioned_model(run).state_dict()
     for name, value in load_conditioned_model(exported).state_dict().items():
         assert torch.equal(value, trained[name]), name
-    kill_and_resume(tmp_path, "train_conditioned.py", argv, fsdp)
+    kill_and_resume(tmp_path, config, "train_conditioned.py", argv, run)
 
 
 # ---------------------------------------------------------------- the feature precompute, sharded by process

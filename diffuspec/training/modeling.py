@@ -16,6 +16,7 @@ from ..files import replace_folder_atomically
 from ..loading import load_causal_lm, load_diffusion_model, load_tokenizer
 from ..models.tokenizers import check_tokenizers_compatible
 from .config import ALL_LINEAR, DrafterTrainingConfig, LoraArguments, ModelArguments
+from .sharding import whole_weights
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def load_verifier(model_args: ModelArguments, drafter: PreTrainedModel, drafter_
         raise ValueError(
             "verifier_name_or_path is needed: acceptance evaluation is on or the data has no teacher top-k"
         )
-    verifier = load_causal_lm(model_args.verifier_name_or_path, dtype=model_args.dtype)
+    with whole_weights():  # frozen beside the trained drafter, never partitioned by ZeRO-3
+        verifier = load_causal_lm(model_args.verifier_name_or_path, dtype=model_args.dtype)
     verifier_vocab = verifier.config.get_text_config().vocab_size
     drafter_vocab = drafter.config.get_text_config().vocab_size
     if verifier_vocab != drafter_vocab:
@@ -156,7 +158,8 @@ def load_saved_lora(
     whose in-memory weights are each process's shards (the base weights were frozen, so they are the loaded ones)."""
     from peft import PeftModel
 
-    base, _, _ = load_drafter_model(model_args, training_args)
+    with whole_weights():
+        base, _, _ = load_drafter_model(model_args, training_args)
     return PeftModel.from_pretrained(base, adapter_dir)
 
 

@@ -40,6 +40,7 @@ from .modeling import (
     load_verifier,
     save_merged,
 )
+from .sharding import weights_sharded, whole_weights
 from .trainer import DrafterTrainer
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def run_drafter_training(
     if model_args.use_lora and model_args.merge_and_save and trainer.args.should_save:
         merged_dir = os.path.join(training_args.output_dir, "merged")
         adapted = trainer.accelerator.unwrap_model(trainer.model)
-        if trainer.is_fsdp_enabled:  # its weights are shards: merge the saved adapters into the base drafter
+        if weights_sharded(trainer):  # the weights in memory are shards: merge the saved adapters into the base
             adapted = load_saved_lora(model_args, training_args, training_args.output_dir)
         save_merged(adapted, merged_dir, mask_token_id, shifted, tokenizer)
         record_recommended_decode(merged_dir, training_args.eval_decode_config())
@@ -184,7 +185,8 @@ def run_conditioned_training(
     prompts = held_out_prompts(data_args, training_args)
     verifier_path = resolve_local(model_args.verifier_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(verifier_path)
-    verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
+    with whole_weights():  # frozen beside the trained drafter, never partitioned by ZeRO-3
+        verifier = load_causal_lm(verifier_path, dtype=verifier_dtype(training_args))
     if model_args.drafter_name_or_path is not None:
         # a diffuspec drafter or a DFlash checkpoint, adapted to this verifier: shapes must fit, the name may differ;
         # its slots keep the mask id it was trained with (a fine-tuned verifier's tokenizer may name no mask token)

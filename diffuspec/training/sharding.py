@@ -18,11 +18,36 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+from transformers import Trainer
 
 
 def fsdp_requested() -> bool:
     """Whether the launch asked for FSDP (``accelerate launch`` with an FSDP config exports this)."""
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def weights_sharded(trainer: Trainer) -> bool:
+    """Whether each process holds only shards of the trained weights (FSDP, DeepSpeed ZeRO-3): then the model in
+    memory cannot be merged or saved by one process alone."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return trainer.is_fsdp_enabled or getattr(plugin, "zero_stage", None) == 3
+
+
+@contextmanager
+def whole_weights() -> Iterator[None]:
+    """``from_pretrained`` loads whole weights on this process while a ZeRO-3 run is configured, which would
+    otherwise partition them at load: right for the trained model, wrong for a frozen verifier read outside the
+    engine and for a model one process loads alone (a partitioning load is a collective every process must join)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref  # set while a DeepSpeed run is configured
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def enable_cpu_fsdp(accelerator: Accelerator) -> bool:
