@@ -335,7 +335,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def parse_config(argv: list[str] | None = None, classes: tuple[type, ...] = CONFIG_CLASSES) -> tuple[Any, ...]:
     """``--config file.yaml`` sets defaults, CLI ``--key value`` flags override; unknown keys raise ValueError.
-    Returns one instance of each of ``classes`` (by default: model, data and training arguments)."""
+    Returns one instance of each of ``classes`` (by default: model, data and training arguments). Ours, not TRL's
+    ``TrlParser``: that keeps the same rule (YAML defaults, flags win, unknown keys refused) but would add ``trl`` and
+    its dependencies for it, and cannot read a quickstart file's several presets."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, rest = pre.parse_known_args(argv)
