@@ -625,3 +625,32 @@ def test_overfit_gate_script_logs_loss_and_tau_on_its_own_prompts(setup, tmp_pat
     assert [row["step"] for row in gate["log"] if "eval_tau" in row] == [0, 2, 4]
     assert any("loss" in row for row in gate["log"])
     assert len(datasets.load_from_disk(str(tmp_path / "rows"))) == 4
+
+
+def test_conditioned_ablation_script_logs_each_arm(setup, tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    from diffuspec.drafters.vocabulary import DraftVocabulary
+
+    root, *_ = setup
+    DraftVocabulary(torch.arange(0, 120), VOCAB).save(tmp_path / "vocab.json")
+    spec = importlib.util.spec_from_file_location("conditioned_ablation", ROOT / "eval" / "conditioned_ablation.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["conditioned_ablation.py", "--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
+            "--draft-vocab", str(tmp_path / "vocab.json"), "--mask-token", "<mask>", "--block", "4",
+            "--train-rows", "4", "--val-rows", "2", "--steps", "4", "--eval-every", "2", "--threads", "1",
+            "--arm", "base:anchors=2,batch=2", "--arm", "two:num_layers=2,anchors=2,batch=2,learning_rate=3e-2",
+            "--out", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    for arm in ("base", "two"):
+        log = json.loads((tmp_path / f"{arm}.json").read_text())["log"]
+        assert [row["step"] for row in log] == [0, 2, 4]
+        assert all(1.0 <= row["tau_offline"] <= 5.0 and len(row["slot_accuracy"]) == 4 for row in log)
+        assert "train_block_ce" not in log[0] and all(0 < row["train_block_ce"] < 20 for row in log[1:])
+        assert log[-1]["val_block_ce"] != log[0]["val_block_ce"]  # the steps trained the evaluated drafter
+    assert [row["layer"] for row in json.loads((tmp_path / "features.json").read_text())["layers"]]
+    with pytest.raises(ValueError, match="unknown setting 'depth'"):
+        script.parse_arm("x:depth=3")

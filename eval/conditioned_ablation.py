@@ -1,0 +1,240 @@
+"""Which lever speeds up the conditioned drafter's learning on a real verifier? Arms train on the same cached
+verifier features and are compared by held-out offline tau.
+
+    python eval/conditioned_ablation.py --verifier runs/smollm2/verifier/model --dataset runs/smollm2/data/dataset \
+        --draft-vocab runs/smollm2/draft_vocab/draft_vocab.json --out runs/bench/conditioned_ablation \
+        --arm base --arm lr3e-3:learning_rate=3e-3 --arm layers2:num_layers=2 --steps 400
+
+A diagnostic, not a test. Features of the dataset's first ``--train-rows + --val-rows`` rows are computed once
+(``features.pt``, reused by later calls); the last ``--val-rows`` are held out. Each arm trains a fresh
+``ConditionedDrafterModel`` with the trainer's objective (block CE with position decay plus the greedy-streak term,
+over the draft vocabulary), AdamW (betas 0.9 / 0.95, 20 warm-up steps, then a constant rate, gradients clipped at 1)
+and writes ``<arm>.json``: train and held-out block CE, per-slot accuracy and offline tau every ``--eval-every``
+steps. Offline tau is 1 + the mean greedy streak of the whole block at every held-out answer position: the data are
+the verifier's greedy answers, so the streak is what greedy verification of that block accepts. It costs seconds,
+where decoding the held-out prompts costs minutes, and it ranks arms the same way decoding would at k = block.
+Arms run one after another; start two processes with different ``--arm`` to use two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoTokenizer
+
+from diffuspec.drafters.vocabulary import DraftVocabulary
+from diffuspec.files import write_json
+from diffuspec.loading import load_causal_lm
+from diffuspec.models.conditioned import (
+    ConditionedDrafterConfig,
+    ConditionedDrafterModel,
+    block_targets,
+    spread_feature_layers,
+    verifier_features,
+)
+from diffuspec.quickstart.smollm2 import CONDITIONED_BLOCK, CONDITIONED_RECIPE
+from diffuspec.training.conditioned_collator import sample_anchors
+from diffuspec.training.losses import (
+    IGNORE_INDEX,
+    block_ce_loss,
+    log_greedy_success,
+    position_decay_weights,
+    streak_loss,
+)
+from diffuspec.training.run import slot_mask_id
+
+ARM_KEYS = {"learning_rate": float, "num_layers": int, "anchors": int, "batch": int, "verifier_norm": int}
+WARMUP_STEPS = 20
+
+
+def parse_arm(spec: str) -> tuple[str, dict]:
+    """``name`` or ``name:key=value,key=value`` -> (name, settings); unknown keys are refused by name."""
+    name, _, rest = spec.partition(":")
+    settings = {"learning_rate": CONDITIONED_RECIPE["learning_rate"], "num_layers": 1, "verifier_norm": 0}
+    settings.update(anchors=CONDITIONED_RECIPE["anchors_per_sequence"], batch=8)
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in ARM_KEYS:
+            raise ValueError(f"arm {name!r}: unknown setting {key!r} (known: {sorted(ARM_KEYS)})")
+        settings[key] = ARM_KEYS[key](value)
+    return name, settings
+
+
+def cached_features(args: argparse.Namespace, verifier, layers: list[int]) -> list[dict]:
+    """Rows ``{ids, prompt_length, features (bf16)}`` for the first train + val rows, computed once per --out."""
+    path = args.out / "features.pt"
+    count = args.train_rows + args.val_rows
+    if path.is_file():
+        rows = torch.load(path)
+        if len(rows) == count:
+            return rows
+    dataset = datasets.load_from_disk(args.dataset).select(range(count))
+    rows = []
+    with torch.inference_mode():
+        for row in dataset:
+            ids = torch.tensor([row["prompt_ids"] + row["completion_ids"]])
+            features = verifier_features(verifier, ids, layers)[0].to(torch.bfloat16)
+            rows.append({"ids": ids[0], "prompt_length": len(row["prompt_ids"]), "features": features})
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save(rows, path)
+    return rows
+
+
+def feature_statistics(rows: list[dict], layers: list[int]) -> list[dict]:
+    """Per feature layer: RMS, the largest channel's RMS and the share of energy in the top 5 channels. A layer with
+    massive activations (a few near-constant channels holding most of the energy) swamps the others in ``fc``."""
+    features = torch.cat([r["features"].float() for r in rows])
+    width = features.shape[1] // len(layers)
+    stats = []
+    for i, layer in enumerate(layers):
+        energy = features[:, i * width : (i + 1) * width].pow(2).mean(0)
+        share = energy.topk(5).values.sum() / energy.sum()
+        stats.append({"layer": layer, "rms": energy.mean().sqrt().item(), "max_channel_rms": energy.max().sqrt().item(),
+                      "top5_energy_share": share.item()})  # fmt: skip
+    return stats
+
+
+def batchify(rows: list[dict], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ids, float32 features, attention mask and prompt lengths (as the conditioned collator pads)."""
+    width = max(r["ids"].numel() for r in rows)
+    ids = torch.full((len(rows), width), pad)
+    features = torch.zeros(len(rows), width, rows[0]["features"].shape[-1])
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = r["ids"].numel()
+        ids[i, :n], features[i, :n], mask[i, :n] = r["ids"], r["features"].float(), 1
+    return ids, features, mask, torch.tensor([r["prompt_length"] for r in rows])
+
+
+class Arm:
+    """One drafter, its optimizer and the objective of ``ConditionedDrafterTrainer`` (without the Trainer)."""
+
+    def __init__(
+        self, settings: dict, verifier, layers: list[int], mask_id: int, vocab: DraftVocabulary, block: int
+    ) -> None:
+        self.settings, self.block = settings, block
+        config = ConditionedDrafterConfig.for_verifier(
+            verifier.config, mask_token_id=mask_id, num_hidden_layers=settings["num_layers"], block_size=block,
+            feature_layers=layers,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        self.model = ConditionedDrafterModel(config, verifier=verifier)
+        if settings["verifier_norm"]:  # the final norm starts as the verifier's (its head reads such states)
+            with torch.no_grad():
+                self.model.norm.weight.copy_(verifier.get_decoder().norm.weight)
+        self.head_rows = vocab.head(verifier.get_output_embeddings().weight, None)
+        self.columns = vocab.columns()
+        self.weights = position_decay_weights(block, CONDITIONED_RECIPE["decay_gamma"])
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0
+        )
+
+    def slots(self, ids, features, mask, prompt_lengths, anchors, anchor_ok):
+        """Log-probs ``[N, k, S]`` over the draft vocabulary, labels ``[N, k]`` (ignored where invalid), validity."""
+        out = self.model(features=features, input_ids=ids, anchor_positions=anchors, compute_logits=False)
+        logprobs = torch.log_softmax(self.model.lm_logits(out.hidden_states, self.head_rows).float(), dim=-1)
+        completion = mask.bool() & (torch.arange(ids.shape[1])[None] >= prompt_lengths[:, None])
+        labels, valid = block_targets(ids, anchors, self.block, valid=completion)
+        labels = self.columns[labels.clamp(min=0)]
+        valid = valid & anchor_ok[..., None] & (labels >= 0)
+        k = self.block
+        labels = torch.where(valid, labels, IGNORE_INDEX).reshape(-1, k)
+        return logprobs.reshape(-1, k, logprobs.shape[-1]), labels, valid.reshape(-1, k)
+
+    def step(self, batch, generator: torch.Generator, step: int) -> float:
+        ids, features, mask, prompt_lengths = batch
+        anchors, anchor_ok = sample_anchors(prompt_lengths, mask.sum(1), self.settings["anchors"], generator)
+        logprobs, labels, valid = self.slots(ids, features, mask, prompt_lengths, anchors, anchor_ok)
+        ce = block_ce_loss(logprobs, labels, self.weights)
+        loss = ce + CONDITIONED_RECIPE["streak_weight"] * streak_loss(log_greedy_success(logprobs, labels), valid)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings["learning_rate"] * min(1.0, (step + 1) / WARMUP_STEPS)
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return ce.item()
+
+    @torch.no_grad()
+    def evaluate(self, rows: list[dict], pad: int) -> dict:
+        """Held-out block CE, per-slot accuracy and offline tau, anchoring a block at every answer position."""
+        self.model.eval()
+        hits, counts = torch.zeros(self.block), torch.zeros(self.block)
+        streaks, losses = [], []
+        for row in rows:
+            ids, features, mask, prompt_lengths = batchify([row], pad)
+            anchors = torch.arange(int(prompt_lengths[0]) - 1, ids.shape[1] - 1)[None]
+            ok = torch.ones_like(anchors, dtype=torch.bool)
+            logprobs, labels, valid = self.slots(ids, features, mask, prompt_lengths, anchors, ok)
+            losses.append(block_ce_loss(logprobs, labels, self.weights).item())
+            hit = (logprobs.argmax(-1) == labels) & valid
+            hits += hit.float().sum(0)
+            counts += valid.float().sum(0)
+            streaks.append(torch.cumprod(hit.long(), dim=1).sum(1).float())
+        self.model.train()
+        return {
+            "tau_offline": 1 + torch.cat(streaks).mean().item(),
+            "val_block_ce": sum(losses) / len(losses),
+            "slot_accuracy": [round(x, 4) for x in (hits / counts.clamp(min=1)).tolist()],
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verifier", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--draft-vocab", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--arm", action="append", default=None, help="name[:key=value,...]; keys: " + ", ".join(ARM_KEYS)
+    )
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--train-rows", type=int, default=1088)
+    parser.add_argument("--val-rows", type=int, default=64)
+    parser.add_argument("--mask-token", default="<empty_output>", help="the SmolLM2 preset's mask token")
+    parser.add_argument("--block", type=int, default=CONDITIONED_BLOCK)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    arms = [parse_arm(spec) for spec in (args.arm or ["base"])]  # every arm checked before any work
+    torch.set_num_threads(args.threads)
+    verifier = load_causal_lm(args.verifier)
+    layers = spread_feature_layers(verifier.config.num_hidden_layers)
+    rows = cached_features(args, verifier, layers)
+    train, val = rows[: args.train_rows], rows[args.train_rows :]
+    write_json(args.out / "features.json", {"layers": feature_statistics(train[:64], layers)})
+    vocab = DraftVocabulary.load(args.draft_vocab)
+    tokenizer = AutoTokenizer.from_pretrained(args.verifier)
+    mask_id = slot_mask_id(tokenizer, args.mask_token, args.verifier)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # as the trainer's collator pads
+    for name, settings in arms:
+        run_arm(args, name, settings, Arm(settings, verifier, layers, mask_id, vocab, args.block), train, val, pad)
+
+
+def run_arm(args: argparse.Namespace, name: str, settings: dict, arm: Arm, train: list, val: list, pad: int) -> None:
+    """Train one arm for ``--steps``, evaluating every ``--eval-every`` steps into ``<out>/<name>.json``."""
+    generator = torch.Generator().manual_seed(1)
+    start, recent, log = time.time(), [], []
+    for step in range(args.steps + 1):
+        if step:
+            index = torch.randint(len(train), (settings["batch"],), generator=generator).tolist()
+            recent.append(arm.step(batchify([train[i] for i in index], pad), generator, step - 1))
+            if not math.isfinite(recent[-1]):
+                raise RuntimeError(f"arm {name}: the loss diverged at step {step}")
+        if step % args.eval_every == 0:
+            row = {"step": step, "seconds": round(time.time() - start, 1), **arm.evaluate(val, pad)}
+            if recent:
+                row["train_block_ce"] = sum(recent[-10:]) / len(recent[-10:])
+            log.append(row)
+            print(name, {k: v for k, v in row.items() if k != "slot_accuracy"}, flush=True)
+            record = {"arm": name, "settings": settings, "args": {k: str(v) for k, v in vars(args).items()}}
+            write_json(args.out / f"{name}.json", {**record, "log": log})
+
+
+if __name__ == "__main__":
+    main()
