@@ -447,27 +447,13 @@ def test_batched_backend_matches_exact_decoding(tmp_path, verifier_dir):
     in each chunk) and the same teacher columns."""
     prompts = token_id_prompts(tmp_path / "ids.jsonl", 6)
     exact = generate_dataset(config(verifier_dir, tmp_path / "exact", prompt_token_ids=str(prompts), teacher_topk=3))
-    batched = generate_dataset(
-        config(
-            verifier_dir,
-            tmp_path / "batched",
-            prompt_token_ids=str(prompts),
-            teacher_topk=3,
-            backend="transformers",
-            chunk_size=4,
-        )
-    )
-    recorded = generate_dataset(  # the top-k kept by a logits processor during generation, no second pass
-        config(
-            verifier_dir,
-            tmp_path / "recorded",
-            prompt_token_ids=str(prompts),
-            teacher_topk=3,
-            backend="transformers",
-            chunk_size=4,
-            teacher_from_generation=True,
-        )
-    )
+
+    def run_batched(name: str, **extra):
+        settings = dict(prompt_token_ids=str(prompts), teacher_topk=3, backend="transformers", chunk_size=4, **extra)
+        return generate_dataset(config(verifier_dir, tmp_path / name, **settings))
+
+    # teacher_from_generation: the top-k kept by a logits processor during generation, no second pass
+    batched, recorded = run_batched("batched"), run_batched("recorded", teacher_from_generation=True)
     for a, b, c in zip(rows_of(exact), rows_of(batched), rows_of(recorded), strict=True):
         assert a["completion_ids"] == b["completion_ids"] == c["completion_ids"]
         assert a["teacher_topk_ids"] == b["teacher_topk_ids"] == c["teacher_topk_ids"]

@@ -5,7 +5,9 @@ only the adapters, resumes from adapter checkpoints and saves a merged drafter t
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import datasets
 import pytest
@@ -587,40 +589,26 @@ def test_learning_curves_read_the_logged_tau_and_plot(tmp_path):
 
 
 def test_train_throughput_script_times_each_arm(setup, tmp_path, monkeypatch):
-    import importlib.util
-    import sys
-
     from diffuspec.drafters.vocabulary import DraftVocabulary
 
     root, *_ = setup
     DraftVocabulary(torch.arange(0, 60), VOCAB).save(tmp_path / "vocab.json")
-    spec = importlib.util.spec_from_file_location("train_throughput", ROOT / "eval" / "train_throughput.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    argv = ["train_throughput.py", "--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
+    argv = ["--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
             "--draft-vocab", str(tmp_path / "vocab.json"), "--mask-token", "<mask>", "--anchors", "2",
             "--steps", "2", "--batch", "2", "--block", "4", "--repeats", "1", "--threads", "1",
             "--out", str(tmp_path / "t.json")]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
-    script.main()
+    run_eval_script("train_throughput", argv, monkeypatch)
     report = json.loads((tmp_path / "t.json").read_text())
     assert set(report["answer_tokens_per_s"]) == {"whole vocabulary, 2 anchors", "draft vocabulary, 2 anchors"}
     assert all(v > 0 for v in report["answer_tokens_per_s"].values())
 
 
 def test_overfit_gate_script_logs_loss_and_tau_on_its_own_prompts(setup, tmp_path, monkeypatch):
-    import importlib.util
-    import sys
-
     root, *_ = setup
-    spec = importlib.util.spec_from_file_location("overfit_gate", ROOT / "eval" / "overfit_gate.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    argv = ["overfit_gate.py", "--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
+    argv = ["--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
             "--mask-token", "<mask>", "--first-row", "2", "--rows", "4", "--steps", "4", "--block", "4",
             "--anchors", "2", "--eval-every", "2", "--eval-tokens", "6", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
-    script.main()
+    run_eval_script("overfit_gate", argv, monkeypatch)
     gate = json.loads((tmp_path / "gate.json").read_text())
     assert [row["step"] for row in gate["log"] if "eval_tau" in row] == [0, 2, 4]
     assert any("loss" in row for row in gate["log"])
@@ -628,23 +616,16 @@ def test_overfit_gate_script_logs_loss_and_tau_on_its_own_prompts(setup, tmp_pat
 
 
 def test_conditioned_ablation_script_logs_each_arm(setup, tmp_path, monkeypatch):
-    import importlib.util
-    import sys
-
     from diffuspec.drafters.vocabulary import DraftVocabulary
 
     root, *_ = setup
     DraftVocabulary(torch.arange(0, 120), VOCAB).save(tmp_path / "vocab.json")
-    spec = importlib.util.spec_from_file_location("conditioned_ablation", ROOT / "eval" / "conditioned_ablation.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    argv = ["conditioned_ablation.py", "--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
+    argv = ["--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
             "--draft-vocab", str(tmp_path / "vocab.json"), "--mask-token", "<mask>", "--block", "4",
             "--train-rows", "4", "--val-rows", "2", "--steps", "4", "--eval-every", "2", "--threads", "1",
             "--arm", "base:anchors=2,batch=2", "--arm", "two:num_layers=2,anchors=2,batch=2,learning_rate=3e-2",
             "--out", str(tmp_path)]  # fmt: skip
-    monkeypatch.setattr(sys, "argv", argv)
-    script.main()
+    script = run_eval_script("conditioned_ablation", argv, monkeypatch)
     for arm in ("base", "two"):
         log = json.loads((tmp_path / f"{arm}.json").read_text())["log"]
         assert [row["step"] for row in log] == [0, 2, 4]
@@ -654,3 +635,13 @@ def test_conditioned_ablation_script_logs_each_arm(setup, tmp_path, monkeypatch)
     assert [row["layer"] for row in json.loads((tmp_path / "features.json").read_text())["layers"]]
     with pytest.raises(ValueError, match="unknown setting 'depth'"):
         script.parse_arm("x:depth=3")
+
+
+def run_eval_script(name: str, argv: list[str], monkeypatch) -> ModuleType:
+    """Run ``eval/<name>.py``'s main() with ``argv`` and return the script (eval tools are not package modules)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "eval" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    script.main()
+    return script
