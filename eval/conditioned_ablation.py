@@ -33,15 +33,15 @@ from diffuspec.loading import load_causal_lm
 from diffuspec.models.conditioned import (
     ConditionedDrafterConfig,
     ConditionedDrafterModel,
-    block_targets,
     spread_feature_layers,
     verifier_features,
 )
 from diffuspec.quickstart.smollm2 import CONDITIONED_BLOCK, CONDITIONED_RECIPE
-from diffuspec.training.conditioned_collator import sample_anchors
+from diffuspec.training.conditioned_collator import ConditionedCollator, sample_anchors
+from diffuspec.training.conditioned_trainer import slot_labels
 from diffuspec.training.losses import (
-    IGNORE_INDEX,
     block_ce_loss,
+    greedy_accepted_length,
     log_greedy_success,
     position_decay_weights,
     streak_loss,
@@ -55,8 +55,10 @@ WARMUP_STEPS = 20
 def parse_arm(spec: str) -> tuple[str, dict]:
     """``name`` or ``name:key=value,key=value`` -> (name, settings); unknown keys are refused by name."""
     name, _, rest = spec.partition(":")
-    settings = {"learning_rate": CONDITIONED_RECIPE["learning_rate"], "num_layers": 1, "verifier_norm": 0}
-    settings.update(anchors=CONDITIONED_RECIPE["anchors_per_sequence"], batch=8)
+    settings = {
+        "learning_rate": CONDITIONED_RECIPE["learning_rate"], "num_layers": 1, "verifier_norm": 0,
+        "anchors": CONDITIONED_RECIPE["anchors_per_sequence"], "batch": 8,
+    }  # fmt: skip
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key not in ARM_KEYS:
@@ -99,18 +101,6 @@ def feature_statistics(rows: list[dict], layers: list[int]) -> list[dict]:
     return stats
 
 
-def batchify(rows: list[dict], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, float32 features, attention mask and prompt lengths (as the conditioned collator pads)."""
-    width = max(r["ids"].numel() for r in rows)
-    ids = torch.full((len(rows), width), pad)
-    features = torch.zeros(len(rows), width, rows[0]["features"].shape[-1])
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = r["ids"].numel()
-        ids[i, :n], features[i, :n], mask[i, :n] = r["ids"], r["features"].float(), 1
-    return ids, features, mask, torch.tensor([r["prompt_length"] for r in rows])
-
-
 class Arm:
     """One drafter, its optimizer and the objective of ``ConditionedDrafterTrainer`` (without the Trainer)."""
 
@@ -134,22 +124,22 @@ class Arm:
             self.model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0
         )
 
-    def slots(self, ids, features, mask, prompt_lengths, anchors, anchor_ok):
-        """Log-probs ``[N, k, S]`` over the draft vocabulary, labels ``[N, k]`` (ignored where invalid), validity."""
-        out = self.model(features=features, input_ids=ids, anchor_positions=anchors, compute_logits=False)
+    def slots(self, batch: dict, anchors: torch.Tensor, anchor_ok: torch.Tensor):
+        """Log-probs ``[N, k, S]`` over the draft vocabulary, labels ``[N, k]`` and the slots that score."""
+        out = self.model(
+            features=batch["features"], input_ids=batch["input_ids"], anchor_positions=anchors, compute_logits=False
+        )
         logprobs = torch.log_softmax(self.model.lm_logits(out.hidden_states, self.head_rows).float(), dim=-1)
-        completion = mask.bool() & (torch.arange(ids.shape[1])[None] >= prompt_lengths[:, None])
-        labels, valid = block_targets(ids, anchors, self.block, valid=completion)
-        labels = self.columns[labels.clamp(min=0)]
-        valid = valid & anchor_ok[..., None] & (labels >= 0)
-        k = self.block
-        labels = torch.where(valid, labels, IGNORE_INDEX).reshape(-1, k)
-        return logprobs.reshape(-1, k, logprobs.shape[-1]), labels, valid.reshape(-1, k)
+        labels, valid = slot_labels(
+            batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"], anchors, anchor_ok, self.block,
+            self.columns,
+        )  # fmt: skip
+        return logprobs.reshape(-1, self.block, logprobs.shape[-1]), labels, valid
 
-    def step(self, batch, generator: torch.Generator, step: int) -> float:
-        ids, features, mask, prompt_lengths = batch
-        anchors, anchor_ok = sample_anchors(prompt_lengths, mask.sum(1), self.settings["anchors"], generator)
-        logprobs, labels, valid = self.slots(ids, features, mask, prompt_lengths, anchors, anchor_ok)
+    def step(self, batch: dict, generator: torch.Generator, step: int) -> float:
+        lengths = batch["attention_mask"].sum(1)
+        anchors, anchor_ok = sample_anchors(batch["prompt_lengths"], lengths, self.settings["anchors"], generator)
+        logprobs, labels, valid = self.slots(batch, anchors, anchor_ok)
         ce = block_ce_loss(logprobs, labels, self.weights)
         loss = ce + CONDITIONED_RECIPE["streak_weight"] * streak_loss(log_greedy_success(logprobs, labels), valid)
         for group in self.optimizer.param_groups:
@@ -161,21 +151,19 @@ class Arm:
         return ce.item()
 
     @torch.no_grad()
-    def evaluate(self, rows: list[dict], pad: int) -> dict:
+    def evaluate(self, rows: list[dict], collate: ConditionedCollator) -> dict:
         """Held-out block CE, per-slot accuracy and offline tau, anchoring a block at every answer position."""
         self.model.eval()
         hits, counts = torch.zeros(self.block), torch.zeros(self.block)
         streaks, losses = [], []
         for row in rows:
-            ids, features, mask, prompt_lengths = batchify([row], pad)
-            anchors = torch.arange(int(prompt_lengths[0]) - 1, ids.shape[1] - 1)[None]
-            ok = torch.ones_like(anchors, dtype=torch.bool)
-            logprobs, labels, valid = self.slots(ids, features, mask, prompt_lengths, anchors, ok)
+            batch = collate([row])
+            anchors = torch.arange(int(batch["prompt_lengths"][0]) - 1, batch["input_ids"].shape[1] - 1)[None]
+            logprobs, labels, valid = self.slots(batch, anchors, torch.ones_like(anchors, dtype=torch.bool))
             losses.append(block_ce_loss(logprobs, labels, self.weights).item())
-            hit = (logprobs.argmax(-1) == labels) & valid
-            hits += hit.float().sum(0)
+            hits += ((logprobs.argmax(-1) == labels) & valid).float().sum(0)
             counts += valid.float().sum(0)
-            streaks.append(torch.cumprod(hit.long(), dim=1).sum(1).float())
+            streaks.append(greedy_accepted_length(logprobs, labels).float())
         self.model.train()
         return {
             "tau_offline": 1 + torch.cat(streaks).mean().item(),
@@ -206,28 +194,36 @@ def main() -> None:
     verifier = load_causal_lm(args.verifier)
     layers = spread_feature_layers(verifier.config.num_hidden_layers)
     rows = cached_features(args, verifier, layers)
-    train, val = rows[: args.train_rows], rows[args.train_rows :]
-    write_json(args.out / "features.json", {"layers": feature_statistics(train[:64], layers)})
+    write_json(args.out / "features.json", {"layers": feature_statistics(rows[:64], layers)})
     vocab = DraftVocabulary.load(args.draft_vocab)
     tokenizer = AutoTokenizer.from_pretrained(args.verifier)
     mask_id = slot_mask_id(tokenizer, args.mask_token, args.verifier)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # as the trainer's collator pads
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # as the trainer pads
+    collate = ConditionedCollator(pad_token_id=int(pad), features=[r["features"] for r in rows])
+    examples = [
+        {"prompt_ids": r["ids"][: r["prompt_length"]].tolist(), "completion_ids": r["ids"][r["prompt_length"] :].tolist(),
+         "row": i}
+        for i, r in enumerate(rows)
+    ]  # fmt: skip
+    train, val = examples[: args.train_rows], examples[args.train_rows :]
     for name, settings in arms:
-        run_arm(args, name, settings, Arm(settings, verifier, layers, mask_id, vocab, args.block), train, val, pad)
+        run_arm(args, name, settings, Arm(settings, verifier, layers, mask_id, vocab, args.block), train, val, collate)
 
 
-def run_arm(args: argparse.Namespace, name: str, settings: dict, arm: Arm, train: list, val: list, pad: int) -> None:
+def run_arm(
+    args: argparse.Namespace, name: str, settings: dict, arm: Arm, train: list, val: list, collate: ConditionedCollator
+) -> None:
     """Train one arm for ``--steps``, evaluating every ``--eval-every`` steps into ``<out>/<name>.json``."""
     generator = torch.Generator().manual_seed(1)
     start, recent, log = time.time(), [], []
     for step in range(args.steps + 1):
         if step:
             index = torch.randint(len(train), (settings["batch"],), generator=generator).tolist()
-            recent.append(arm.step(batchify([train[i] for i in index], pad), generator, step - 1))
+            recent.append(arm.step(collate([train[i] for i in index]), generator, step - 1))
             if not math.isfinite(recent[-1]):
                 raise RuntimeError(f"arm {name}: the loss diverged at step {step}")
         if step % args.eval_every == 0:
-            row = {"step": step, "seconds": round(time.time() - start, 1), **arm.evaluate(val, pad)}
+            row = {"step": step, "seconds": round(time.time() - start, 1), **arm.evaluate(val, collate)}
             if recent:
                 row["train_block_ce"] = sum(recent[-10:]) / len(recent[-10:])
             log.append(row)

@@ -46,9 +46,16 @@ def teacher_topk(
     tokens = torch.tensor(list(prompt_ids) + list(completion_ids[:-1]), device=model.device)
     with torch.inference_mode():
         logits = model(input_ids=tokens[None], logits_to_keep=len(completion_ids)).logits[0]  # [C, V]
+    ids, values = topk_logprobs(logits, k)
+    return ids.tolist(), values.tolist()
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k ids and float32 log-probs of ``logits`` ``[..., V]`` (log_softmax in float32 or wider): the
+    teacher's columns, whether from a teacher-forced pass or recorded during generation."""
     logprobs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     values, ids = logprobs.topk(k, dim=-1)
-    return ids.tolist(), values.float().tolist()
+    return ids, values.float()
 
 
 def make_record(row: PromptRow, completion: list[int], topk: tuple[list, list] | None) -> dict[str, Any]:
@@ -96,10 +103,9 @@ class TopKRecorder:
         self.ids: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        logprobs = torch.log_softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
-        values, ids = logprobs.topk(self.k, dim=-1)
-        self.values.append(values.float().cpu())
+        ids, values = topk_logprobs(scores, self.k)
         self.ids.append(ids.cpu())
+        self.values.append(values.cpu())
         return scores
 
     def rows(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,6 +6,7 @@ padding after a sequence changes none of its features). Offline features, when g
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,8 @@ class ConditionedCollator:
     pad_token_id: int = 0
     max_prompt_length: int | None = None  # keep the last N prompt tokens
     max_completion_length: int | None = None  # keep the first N completion tokens
-    features: FeatureStore | None = None  # offline features: rows carry their dataset index in "row"
+    # offline features, a FeatureStore or any sequence of [tokens, F] tensors: rows carry their index in "row"
+    features: FeatureStore | Sequence[torch.Tensor] | None = None
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         parts = [cut_row(row, self.max_prompt_length, self.max_completion_length) for row in rows]

@@ -50,6 +50,29 @@ def slot_logits(logits: torch.Tensor, anchors: torch.Tensor, block_size: int) ->
     return torch.gather(logits, 1, index).view(*positions.shape, logits.shape[-1])
 
 
+def slot_labels(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_lengths: torch.Tensor,
+    anchors: torch.Tensor,
+    anchor_ok: torch.Tensor,
+    block_size: int,
+    columns: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each drafted slot is scored against, one block a row: labels ``[B * A, block_size]`` and the boolean
+    slots that score. A slot scores when its target is a completion token of an anchor with one (``anchor_ok``);
+    with ``columns`` (``DraftVocabulary.columns``) labels are columns of the draft vocabulary and a target outside
+    it scores nothing (it is never drafted). Labels of slots that do not score are ``IGNORE_INDEX``."""
+    completion = completion_mask(attention_mask, prompt_lengths)
+    labels, valid = block_targets(input_ids, anchors, block_size, valid=completion)
+    valid = valid & anchor_ok[..., None]
+    if columns is not None:
+        labels = columns[labels.clamp(min=0)]
+        valid = valid & (labels >= 0)
+    labels = torch.where(valid, labels, IGNORE_INDEX)
+    return labels.reshape(-1, block_size), valid.reshape(-1, block_size)
+
+
 class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
     """A Trainer whose loss drafts blocks after sampled completion anchors, conditioned on a frozen verifier.
 
@@ -138,18 +161,10 @@ class ConditionedDrafterTrainer(AtomicCheckpointMixin, LossTermsMixin, Trainer):
         out = model(
             features=features, input_ids=input_ids, anchor_positions=anchors, compute_logits=self._head_rows is None
         )
-        labels, valid = block_targets(
-            input_ids, anchors, config.block_size, valid=completion_mask(attention_mask, prompt_lengths)
-        )
-        valid = valid & anchor_ok[..., None]
         k = config.block_size
         logprobs, columns = self._slot_logprobs(out, model)
-        if columns is not None:  # targets as columns of the draft vocabulary; one outside it is never drafted
-            labels = columns[labels.clamp(min=0)]
-            valid = valid & (labels >= 0)
         logprobs = logprobs.reshape(-1, k, logprobs.shape[-1])
-        labels = torch.where(valid, labels, IGNORE_INDEX).reshape(-1, k)
-        valid = valid.reshape(-1, k)
+        labels, valid = slot_labels(input_ids, attention_mask, prompt_lengths, anchors, anchor_ok, k, columns)
         weights = position_decay_weights(k, self.args.decay_gamma, device=logprobs.device)
         ce = block_ce_loss(logprobs, labels, weights)
         loss = ce
