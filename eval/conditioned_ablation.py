@@ -13,7 +13,13 @@ and writes ``<arm>.json``: train and held-out block CE, per-slot accuracy and of
 steps. Offline tau is 1 + the mean greedy streak of the whole block at every held-out answer position: the data are
 the verifier's greedy answers, so the streak is what greedy verification of that block accepts. It costs seconds,
 where decoding the held-out prompts costs minutes, and it ranks arms the same way decoding would at k = block.
-Arms run one after another; start two processes with different ``--arm`` to use two cores.
+Arms run one after another; start two processes with different ``--arm`` to use two cores. Each evaluation also
+saves the arm's state (``<arm>.state.pt``): a rerun with the same settings and more ``--steps`` goes on from it.
+``window=W`` limits every draft layer to memory rows less than W positions back (sliding layers, the block still
+bidirectional): a block reads a few recent rows instead of spreading its attention over the whole context.
+``rows=N`` trains on the first N training answers only (a data curve). ``probe=H`` trains ``ProbeArm`` instead of a
+drafter, an MLP of width H on the features of the row before each anchor: what the features support with this much
+data when nothing has to be found by attention, scored the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 from transformers import AutoTokenizer
 
 from diffuspec.drafters.vocabulary import DraftVocabulary
-from diffuspec.files import write_json
+from diffuspec.files import atomic_path, write_json
 from diffuspec.loading import load_causal_lm
 from diffuspec.models.conditioned import (
     ConditionedDrafterConfig,
@@ -48,7 +54,10 @@ from diffuspec.training.losses import (
 )
 from diffuspec.training.run import slot_mask_id
 
-ARM_KEYS = {"learning_rate": float, "num_layers": int, "anchors": int, "batch": int, "verifier_norm": int}
+ARM_KEYS = {
+    "learning_rate": float, "num_layers": int, "anchors": int, "batch": int, "verifier_norm": int, "window": int,
+    "probe": int, "rows": int,
+}  # fmt: skip
 WARMUP_STEPS = 20
 
 
@@ -57,7 +66,7 @@ def parse_arm(spec: str) -> tuple[str, dict]:
     name, _, rest = spec.partition(":")
     settings = {
         "learning_rate": CONDITIONED_RECIPE["learning_rate"], "num_layers": 1, "verifier_norm": 0,
-        "anchors": CONDITIONED_RECIPE["anchors_per_sequence"], "batch": 8,
+        "anchors": CONDITIONED_RECIPE["anchors_per_sequence"], "batch": 8, "window": 0, "probe": 0, "rows": 0,
     }  # fmt: skip
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
@@ -108,9 +117,13 @@ class Arm:
         self, settings: dict, verifier, layers: list[int], mask_id: int, vocab: DraftVocabulary, block: int
     ) -> None:
         self.settings, self.block = settings, block
+        window = {}  # window > 0: every layer sees memory rows less than `window` positions back (block still whole)
+        if settings["window"]:
+            window = {"layer_types": ["sliding_attention"] * settings["num_layers"], "attention_causal": False,
+                      "sliding_window": max(settings["window"], block + 1)}  # fmt: skip
         config = ConditionedDrafterConfig.for_verifier(
             verifier.config, mask_token_id=mask_id, num_hidden_layers=settings["num_layers"], block_size=block,
-            feature_layers=layers,
+            feature_layers=layers, **window,
         )  # fmt: skip
         torch.manual_seed(0)
         self.model = ConditionedDrafterModel(config, verifier=verifier)
@@ -172,6 +185,43 @@ class Arm:
         }
 
 
+class ProbeArm(Arm):
+    """A ceiling for what the features carry, not a drafter: an MLP reads the features of the row before the anchor
+    (each channel scaled by its RMS over the training rows, which tames massive activations) and the anchor token's
+    embedding, and writes one state per slot, read out by the verifier's final norm and head rows. It sees what the
+    drafter's block sees of the context at the row the next token depends on most, without attention to find it."""
+
+    def __init__(self, settings: dict, verifier, layers, mask_id, vocab, block: int, rows: list[dict]) -> None:
+        super().__init__(settings, verifier, layers, mask_id, vocab, block)
+        width = verifier.config.hidden_size
+        features = torch.cat([r["features"].float() for r in rows])
+        self.scale = features.pow(2).mean(0).sqrt().clamp(min=1e-3)
+        self.embedding = verifier.get_input_embeddings().weight.detach()
+        torch.manual_seed(0)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(features.shape[1] + width, settings["probe"]),
+            torch.nn.SiLU(),
+            torch.nn.Linear(settings["probe"], block * width),
+        )
+        self.model = torch.nn.ModuleDict({"mlp": self.mlp, "norm": self.model.norm})  # what trains and is saved
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0
+        )
+
+    def slots(self, batch: dict, anchors: torch.Tensor, anchor_ok: torch.Tensor):
+        rows = torch.arange(anchors.shape[0])[:, None]
+        before = batch["features"][rows, (anchors - 1).clamp(min=0)].float() / self.scale  # [B, A, F]
+        tokens = self.embedding[batch["input_ids"][rows, anchors]]  # [B, A, H]
+        states = self.mlp(torch.cat([before, tokens], dim=-1)).unflatten(-1, (self.block, -1))
+        logits = self.model["norm"](states) @ self.head_rows[0].T
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        labels, valid = slot_labels(
+            batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"], anchors, anchor_ok, self.block,
+            self.columns,
+        )  # fmt: skip
+        return logprobs.reshape(-1, self.block, logprobs.shape[-1]), labels, valid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verifier", required=True)
@@ -207,16 +257,33 @@ def main() -> None:
     ]  # fmt: skip
     train, val = examples[: args.train_rows], examples[args.train_rows :]
     for name, settings in arms:
-        run_arm(args, name, settings, Arm(settings, verifier, layers, mask_id, vocab, args.block), train, val, collate)
+        used = train[: settings["rows"] or None]  # rows > 0: the first `rows` training answers (a data curve)
+        if settings["probe"]:
+            arm = ProbeArm(settings, verifier, layers, mask_id, vocab, args.block, [rows[e["row"]] for e in used])
+        else:
+            arm = Arm(settings, verifier, layers, mask_id, vocab, args.block)
+        run_arm(args, name, settings, arm, used, val, collate)
 
 
 def run_arm(
     args: argparse.Namespace, name: str, settings: dict, arm: Arm, train: list, val: list, collate: ConditionedCollator
 ) -> None:
-    """Train one arm for ``--steps``, evaluating every ``--eval-every`` steps into ``<out>/<name>.json``."""
+    """Train one arm for ``--steps``, evaluating every ``--eval-every`` steps into ``<out>/<name>.json``. Each
+    evaluation also writes ``<name>.state.pt`` (weights, optimizer, sampler, log): a rerun with the same settings
+    resumes from it, so a long curve survives a kill."""
     generator = torch.Generator().manual_seed(1)
-    start, recent, log = time.time(), [], []
-    for step in range(args.steps + 1):
+    start, recent, log, first = time.time(), [], [], 0
+    state_path = args.out / f"{name}.state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        if state["settings"] == settings:
+            arm.model.load_state_dict(state["model"])
+            arm.optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            log, recent, first = state["log"], state["recent"], state["step"] + 1
+            start -= log[-1]["seconds"]
+            print(name, f"resumed after step {state['step']}", flush=True)
+    for step in range(first, args.steps + 1):
         if step:
             index = torch.randint(len(train), (settings["batch"],), generator=generator).tolist()
             recent.append(arm.step(collate([train[i] for i in index]), generator, step - 1))
@@ -230,6 +297,11 @@ def run_arm(
             print(name, {k: v for k, v in row.items() if k != "slot_accuracy"}, flush=True)
             record = {"arm": name, "settings": settings, "args": {k: str(v) for k, v in vars(args).items()}}
             write_json(args.out / f"{name}.json", {**record, "log": log})
+            state = {"settings": settings, "step": step, "log": log, "recent": recent[-10:],
+                     "model": arm.model.state_dict(), "optimizer": arm.optimizer.state_dict(),
+                     "generator": generator.get_state()}  # fmt: skip
+            with atomic_path(state_path) as tmp:
+                torch.save(state, tmp)
 
 
 if __name__ == "__main__":

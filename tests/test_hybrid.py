@@ -27,6 +27,7 @@ from diffuspec import (
     SpeculativeDecoder,
     TreeConfig,
 )
+from diffuspec.decoding.cps import causal_path_search
 from diffuspec.decoding.tree import build_tree
 from diffuspec.drafters.hybrid import MODES, RunningRatio, expected_length, find_copy, merge_copy, token_logprobs
 from diffuspec.evaluation import EvalConfig, evaluate
@@ -146,13 +147,49 @@ def test_select_takes_the_longer_expected_proposal():
     flat = HybridDrafter(FixedDrafter(5, 0.1), PromptLookupDrafter(max_ngram=3), mode="select")
     # copy: 0.75 + 0.75^2 + 0.75^3 + 0.75^4 = 2.05 tokens expected; lattice: 0.1 + 0.01 + ... = 0.11
     assert flat.propose(request(REPEATING, 4)).draft.tolist() == [1, 2, 3, 4]
-    sure = HybridDrafter(FixedDrafter(5, 0.99), PromptLookupDrafter(max_ngram=3), mode="select")
+    sure = HybridDrafter(FixedDrafter(5, 0.99), PromptLookupDrafter(max_ngram=3), mode="select", copy_margin=0)
     assert sure.propose(request(REPEATING, 4)).draft.tolist() == [5, 5, 5, 5]  # 3.94 tokens expected
     sure.reset()
     sure.copy_rate(3).num = 100.0  # a copy history of near-certain acceptance
     sure.copy_rate(3).den = 100.1
     assert sure.propose(request(REPEATING, 4)).draft.tolist() == [1, 2, 3, 4]
+    sure.copy_margin = 1.0  # 3.99 against 3.94: not the token more the default margin asks for
+    assert sure.propose(request(REPEATING, 4)).draft.tolist() == [5, 5, 5, 5]
     assert flat.propose(request([1, 2, 3], 4)).draft.tolist() == [5, 5, 5, 5]  # no match: the lattice
+
+
+def test_select_hands_the_loop_its_path_and_the_drafter_s_length():
+    cps = cps_variant("dp", _PROXY)
+    hybrid = HybridDrafter(FixedDrafter(5, 0.5), PromptLookupDrafter(max_ngram=3), mode="select", cps=cps)
+    ids = [1, 2, 3]  # no match: the lattice, with the path CPS picked for it
+    lattice = hybrid.propose(request(ids, 4))
+    assert lattice.path.tolist() == causal_path_search(hybrid.drafter.propose(request(ids, 4)), torch.tensor(ids), cps)
+    eos = VOCAB - 2
+    hybrid = HybridDrafter(FixedDrafter(eos, 0.1), PromptLookupDrafter(max_ngram=3), mode="select")
+    copy = hybrid.propose(request(REPEATING, 4, eos=(eos,)))  # the copy; the drafter's draft ends at once
+    assert copy.path.tolist() == [1, 2, 3, 4] and copy.eos_aware_length() == 0
+    assert copy.truncate(2).path.tolist() == [1, 2] and copy.truncate(2).eos_aware_length() == 0
+
+
+class PathDrafter(Drafter):
+    """A flat lattice handed over with a 2-token path, the verifier's own greedy tokens."""
+
+    def __init__(self, verifier) -> None:
+        self.verifier, self.vocab_size = verifier, VOCAB
+
+    def propose(self, request: DraftRequest) -> Lattice:
+        lattice = Lattice.from_logprobs(torch.zeros(request.k, VOCAB).log_softmax(-1), request.width)
+        lattice.path = reference_greedy(self.verifier, request.ids, 2)[request.ids.numel() :][: request.k]
+        return lattice
+
+
+def test_the_loop_verifies_a_path_the_drafter_searched():
+    verifier = tiny_qwen2(vocab_size=VOCAB, seed=3)
+    prompt = torch.tensor([3, 1, 4, 1, 5])
+    config = DecodeConfig(cps=cps_variant("dp", _PROXY), draft_length=6)
+    out = SpeculativeDecoder(verifier, PathDrafter(verifier), config).generate(prompt, max_new_tokens=12, eos_token_id=[])
+    assert out.sequences[0].tolist() == reference_greedy(verifier, prompt, 12).tolist()
+    assert set(out.stats.path_lengths) == {2} and set(out.stats.accepted) == {2}  # the given path, never CPS's
 
 
 def test_both_estimates_learn_from_the_committed_tokens():
@@ -305,7 +342,8 @@ def test_hybrid_sampling_is_exact(monkeypatch, mode, tree, new, temperature, top
     monkeypatch.setattr(test_sampling, "PROMPT", prompt)
     monkeypatch.setattr(test_sampling, "NEW", new)
     verifier = _small_verifier()
-    hybrid = HybridDrafter(_small_dlm(init_std=0.05), PromptLookupDrafter(max_ngram=3), mode=mode)  # a flat lattice
+    flat = _small_dlm(init_std=0.05)  # a flat lattice
+    hybrid = HybridDrafter(flat, PromptLookupDrafter(max_ngram=3), mode=mode, copy_margin=0)
     first = hybrid.propose(DraftRequest(prompt, 1, 2, ()))
     assert first.draft.tolist() == [2]  # select: the copy's 2/3 beats the lattice's; merge: w = 2/3 always leads
     decoder = SpeculativeDecoder(verifier, hybrid, DecodeConfig(cps=None, adl=None, draft_length=2, tree=tree))

@@ -623,16 +623,27 @@ def test_conditioned_ablation_script_logs_each_arm(setup, tmp_path, monkeypatch)
     argv = ["--verifier", str(root / "verifier"), "--dataset", str(root / "dataset"),
             "--draft-vocab", str(tmp_path / "vocab.json"), "--mask-token", "<mask>", "--block", "4",
             "--train-rows", "4", "--val-rows", "2", "--steps", "4", "--eval-every", "2", "--threads", "1",
-            "--arm", "base:anchors=2,batch=2", "--arm", "two:num_layers=2,anchors=2,batch=2,learning_rate=3e-2",
-            "--out", str(tmp_path)]  # fmt: skip
+            "--arm", "base:anchors=2,batch=2", "--arm", "two:num_layers=2,anchors=2,batch=2,learning_rate=3e-2,window=6",
+            "--arm", "probe:probe=16,rows=2,anchors=2,batch=2", "--out", str(tmp_path)]  # fmt: skip
     script = run_eval_script("conditioned_ablation", argv, monkeypatch)
-    for arm in ("base", "two"):
+    log_of_base = json.loads((tmp_path / "base.json").read_text())["log"]
+    for arm in ("base", "two", "probe"):
         log = json.loads((tmp_path / f"{arm}.json").read_text())["log"]
         assert [row["step"] for row in log] == [0, 2, 4]
         assert all(1.0 <= row["tau_offline"] <= 5.0 and len(row["slot_accuracy"]) == 4 for row in log)
         assert "train_block_ce" not in log[0] and all(0 < row["train_block_ce"] < 20 for row in log[1:])
         assert log[-1]["val_block_ce"] != log[0]["val_block_ce"]  # the steps trained the evaluated drafter
     assert [row["layer"] for row in json.loads((tmp_path / "features.json").read_text())["layers"]]
+    # a longer rerun resumes from the saved state and trains what one uninterrupted run trains
+    longer = [*argv[: argv.index("--steps") + 1], "6", *argv[argv.index("--steps") + 2 : argv.index("--arm")]]
+    run_eval_script("conditioned_ablation", [*longer, "--arm", "base:anchors=2,batch=2", "--out", str(tmp_path)],
+                    monkeypatch)  # fmt: skip
+    resumed = json.loads((tmp_path / "base.json").read_text())["log"]
+    run_eval_script("conditioned_ablation", [*longer, "--arm", "base:anchors=2,batch=2", "--out",
+                    str(tmp_path / "whole")], monkeypatch)  # fmt: skip
+    whole = json.loads((tmp_path / "whole" / "base.json").read_text())["log"]
+    assert [row["step"] for row in resumed] == [0, 2, 4, 6] and resumed[:3] == log_of_base
+    assert resumed[-1]["val_block_ce"] == pytest.approx(whole[-1]["val_block_ce"], rel=1e-4)
     with pytest.raises(ValueError, match="unknown setting 'depth'"):
         script.parse_arm("x:depth=3")
 

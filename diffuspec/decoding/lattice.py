@@ -3,7 +3,10 @@
 A lattice holds, for each of the k draft slots, the drafter's best candidates sorted by log-prob
 (top-M ids and values), the log-prob of each EOS id (CPS always keeps EOS), and the raw argmax draft.
 ``branches`` are whole token paths the drafter vouches for apart from the per-slot marginals (a copied
-continuation): a token tree holds each of them as its own branch, whatever its score.
+continuation): a token tree holds each of them as its own branch, whatever its score. A drafter that already ran
+the decoder's path search (a hybrid scores the path it would verify) hands that ``path`` over, so the loop does not
+search twice; one that proposes for another drafter (a hybrid's copy) reports that drafter's ``generated_length``,
+so ADL follows the lattice drafter's own lengths.
 Keeping only the top M per slot makes a lattice cheap to build and to move for any vocabulary size.
 """
 
@@ -23,6 +26,8 @@ class Lattice:
     eos_token_ids: tuple[int, ...]
     draft: torch.Tensor  # [k] long, raw per-slot argmax
     branches: tuple[torch.Tensor, ...] = ()  # [<= k] long paths a token tree inserts whole (none: marginals only)
+    path: torch.Tensor | None = None  # [<= k] long, the decoder's CPS path when the drafter already searched it
+    generated_length: int | None = None  # L^gen to report to ADL instead of this lattice's own (eos_aware_length)
 
     @property
     def k(self) -> int:
@@ -76,12 +81,18 @@ class Lattice:
 
     def truncate(self, k: int) -> Lattice:
         branches = tuple(b[:k] for b in self.branches)
+        path = None if self.path is None else self.path[:k]
+        generated = None if self.generated_length is None else min(self.generated_length, k)
         return Lattice(
-            self.ids[:k], self.logprobs[:k], self.eos_logprobs[:k], self.eos_token_ids, self.draft[:k], branches
-        )
+            self.ids[:k], self.logprobs[:k], self.eos_logprobs[:k], self.eos_token_ids, self.draft[:k], branches,
+            path, generated,
+        )  # fmt: skip
 
     def eos_aware_length(self) -> int:
-        """L^gen, the EOS-aware generated length: slots before the first raw-argmax EOS, or k without one."""
+        """L^gen, the EOS-aware generated length: slots before the first raw-argmax EOS, or k without one
+        (``generated_length`` when set)."""
+        if self.generated_length is not None:
+            return self.generated_length
         if self.eos_token_ids:
             is_eos = torch.isin(self.draft, torch.tensor(self.eos_token_ids, dtype=self.draft.dtype))
             hits = torch.nonzero(is_eos)

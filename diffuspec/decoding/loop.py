@@ -180,6 +180,8 @@ class SpeculativeDecoder:
         return self.drafter.propose(request)
 
     def _search(self, lattice: Lattice, ids: torch.Tensor, eos: tuple[int, ...]) -> torch.Tensor:
+        if lattice.path is not None:  # the drafter already searched it (a hybrid): any path keeps decoding exact
+            return lattice.path
         cps = self.config.cps
         if cps is None:
             return cut_after_eos(lattice.draft, eos)

@@ -21,6 +21,9 @@ tokens committed since (accepted draft plus the verifier's own token). A point-m
 the emitted token equals it (the residual excludes it), and the emitted tokens have the verifier's law whatever
 was proposed, so the common prefix is what the verified proposal got and, in law, what the other one would have
 got, censored at the committed length. The proposal not chosen is scored too, so neither estimate starves.
+The copy is chosen only when it expects ``copy_margin`` tokens more than the lattice: its rate is a per-request
+average for its match length, while the rule consults it where the lattice is weak, which is where copies fail
+more often too (a winner's curse); the lattice's estimate reads this round's own probabilities.
 
 Exactness (T = 0 and T > 0). Whatever the mode, the loop verifies a path ``pi`` (select: the copy, or CPS's path
 through the drafter's lattice; merge: CPS's path through the merged lattice) or a token tree, with the rules of
@@ -38,8 +41,8 @@ the verifier's argmax and the output is plain greedy decoding, token for token.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -47,6 +50,7 @@ from ..decoding.config import CPSConfig
 from ..decoding.cps import causal_path_search
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
+from ..eos import cut_after_eos
 from .prompt_lookup import PromptLookupDrafter, find_continuation
 
 MODES = ("select", "merge")
@@ -141,7 +145,7 @@ def merge_copy(lattice: Lattice, copy: torch.Tensor, weight: float) -> Lattice:
     )
 
 
-@dataclass
+@dataclasses.dataclass
 class _Proposals:
     """One round's proposals, kept to be scored against the tokens the next request has committed."""
 
@@ -155,8 +159,10 @@ class _Proposals:
 class HybridDrafter(Drafter):
     """A lattice drafter and a prompt-lookup copy behind the one ``Drafter`` interface (see the module doc).
 
-    ``cps``: the decoder's ``CPSConfig`` (proxy included), so that the select rule scores the path the loop will
-    verify; None scores the raw argmax path, which is that path without CPS or with ``lam == 1``.
+    ``cps``: the decoder's ``CPSConfig`` (proxy included). In select mode the hybrid searches the path itself, to
+    score it, and hands it to the loop (``Lattice.path``), which verifies it without searching again; None searches
+    the raw argmax path, the loop's path without CPS. ``copy_margin``: how many tokens more than the lattice the copy
+    must expect to be chosen (module doc).
     """
 
     def __init__(
@@ -165,6 +171,7 @@ class HybridDrafter(Drafter):
         lookup: PromptLookupDrafter | None = None,
         mode: str = "select",
         cps: CPSConfig | None = None,
+        copy_margin: float = 1.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"HybridDrafter mode must be one of {list(MODES)}, got {mode!r}")
@@ -178,7 +185,10 @@ class HybridDrafter(Drafter):
             raise ValueError(f"HybridDrafter lookup must be a PromptLookupDrafter, got {type(lookup).__name__}")
         if cps is not None and not isinstance(cps, CPSConfig):
             raise ValueError(f"HybridDrafter cps must be a CPSConfig or None, got {type(cps).__name__}")
+        if not copy_margin >= 0:
+            raise ValueError(f"HybridDrafter copy_margin must be >= 0 tokens, got {copy_margin}")
         self.drafter, self.lookup, self.mode, self.cps = drafter, lookup, mode, cps
+        self.copy_margin = float(copy_margin)
         self.feature_layers = drafter.feature_layers
         self.vocab_size = drafter.vocab_size
         self.reset()
@@ -215,9 +225,12 @@ class HybridDrafter(Drafter):
         self._last = _Proposals(ids, copy, match, path, path_logprobs)
         copy_length = expected_length(torch.full((copy.numel(),), math.log(alpha) if alpha > 0 else -math.inf))
         lattice_length = min(self.calibration.value * expected_length(path_logprobs), float(path.numel()))
-        if copy.numel() and copy_length > lattice_length:
-            return Lattice.point_mass(copy, request.eos_token_ids)
-        return lattice
+        if copy.numel() and copy_length > lattice_length + self.copy_margin:
+            chosen = Lattice.point_mass(copy, request.eos_token_ids)
+            chosen.path = cut_after_eos(copy, request.eos_token_ids)
+            chosen.generated_length = lattice.eos_aware_length()  # ADL keeps following the drafter's lengths
+            return chosen
+        return dataclasses.replace(lattice, path=path)  # the loop verifies this path without searching again
 
     def _observe(self, ids: torch.Tensor) -> None:
         """Score the previous round's proposals against the tokens committed since (module doc)."""
