@@ -89,7 +89,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--verifier", required=True)
     parser.add_argument(
-        "--prompts", type=Path, default=SPEC_BENCH_QUESTIONS, help="Spec-Bench question.jsonl (default: shipped) or prompt rows."
+        "--prompts",
+        type=Path,
+        default=SPEC_BENCH_QUESTIONS,
+        help="Spec-Bench question.jsonl (default: shipped) or prompt rows.",
     )
     parser.add_argument("--dtypes", default="float32,float32-onednn,bfloat16")
     parser.add_argument("--blocks", default="1,2,4,8,12,16,32,64")

@@ -187,7 +187,9 @@ def test_the_loop_verifies_a_path_the_drafter_searched():
     verifier = tiny_qwen2(vocab_size=VOCAB, seed=3)
     prompt = torch.tensor([3, 1, 4, 1, 5])
     config = DecodeConfig(cps=cps_variant("dp", _PROXY), draft_length=6)
-    out = SpeculativeDecoder(verifier, PathDrafter(verifier), config).generate(prompt, max_new_tokens=12, eos_token_id=[])
+    out = SpeculativeDecoder(verifier, PathDrafter(verifier), config).generate(
+        prompt, max_new_tokens=12, eos_token_id=[]
+    )
     assert out.sequences[0].tolist() == reference_greedy(verifier, prompt, 12).tolist()
     assert set(out.stats.path_lengths) == {2} and set(out.stats.accepted) == {2}  # the given path, never CPS's
 

@@ -114,7 +114,9 @@ def self_instruct_prompts(
             width = batch["input_ids"].shape[1]
             torch.manual_seed(_batch_seed(seed, index))
             with torch.inference_mode():  # generate derives the positions from the mask
-                out = model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config)
+                out = model.generate(
+                    batch["input_ids"], attention_mask=batch["attention_mask"], generation_config=config
+                )
             rows = []
             for i, ((kind, steer), generated) in enumerate(zip(chunk, out[:, width:].tolist(), strict=True)):
                 if end_of_turn not in generated:

@@ -128,7 +128,9 @@ def load_jsonl(path: str | Path, tasks: Sequence[str] | None = None, per_task: i
             continue
         text = row.get("prompt", row.get("text"))
         if not isinstance(text, str) or not text:
-            raise ValueError(f"{path}:{number}: a prompt row needs a non-empty 'prompt' or 'text' string, or 'prompt_ids'")
+            raise ValueError(
+                f"{path}:{number}: a prompt row needs a non-empty 'prompt' or 'text' string, or 'prompt_ids'"
+            )
         questions.append(Question(task, qid, task, [text]))
     return _select(questions, tasks, per_task, str(path))
 

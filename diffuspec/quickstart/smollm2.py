@@ -474,7 +474,14 @@ STAGES = [
         "prompts",
         ("verifier", "corpus"),
         build_prompts,
-        ("self_instruct_prompts", "self_instruct_tokens", "data_prompts", "heldout_prompts", "generation_batch", "seed"),
+        (
+            "self_instruct_prompts",
+            "self_instruct_tokens",
+            "data_prompts",
+            "heldout_prompts",
+            "generation_batch",
+            "seed",
+        ),
         resumable=True,
     ),
     Stage(
