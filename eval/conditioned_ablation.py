@@ -17,6 +17,7 @@ Arms run one after another; start two processes with different ``--arm`` to use 
 saves the arm's state (``<arm>.state.pt``): a rerun with the same settings and more ``--steps`` goes on from it.
 ``window=W`` limits every draft layer to memory rows less than W positions back (sliding layers, the block still
 bidirectional): a block reads a few recent rows instead of spreading its attention over the whole context.
+``stem=W`` gives the drafter an anchor stem of width W (``ConditionedDrafterConfig.stem_size``).
 ``rows=N`` trains on the first N training answers only (a data curve). ``probe=H`` trains ``ProbeArm`` instead of a
 drafter, an MLP of width H on the features of the row before each anchor: what the features support with this much
 data when nothing has to be found by attention, scored the same way.
@@ -52,11 +53,11 @@ from diffuspec.training.losses import (
     position_decay_weights,
     streak_loss,
 )
-from diffuspec.training.run import slot_mask_id
+from diffuspec.training.run import STEM_SCALE_ROWS, slot_mask_id
 
 ARM_KEYS = {
     "learning_rate": float, "num_layers": int, "anchors": int, "batch": int, "verifier_norm": int, "window": int,
-    "probe": int, "rows": int,
+    "probe": int, "rows": int, "stem": int,
 }  # fmt: skip
 WARMUP_STEPS = 20
 
@@ -66,7 +67,7 @@ def parse_arm(spec: str) -> tuple[str, dict]:
     name, _, rest = spec.partition(":")
     settings = {
         "learning_rate": CONDITIONED_RECIPE["learning_rate"], "num_layers": 1, "verifier_norm": 0,
-        "anchors": CONDITIONED_RECIPE["anchors_per_sequence"], "batch": 8, "window": 0, "probe": 0, "rows": 0,
+        "anchors": CONDITIONED_RECIPE["anchors_per_sequence"], "batch": 8, "window": 0, "probe": 0, "rows": 0, "stem": 0,
     }  # fmt: skip
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
@@ -114,8 +115,9 @@ class Arm:
     """One drafter, its optimizer and the objective of ``ConditionedDrafterTrainer`` (without the Trainer)."""
 
     def __init__(
-        self, settings: dict, verifier, layers: list[int], mask_id: int, vocab: DraftVocabulary, block: int
-    ) -> None:
+        self, settings: dict, verifier, layers: list[int], mask_id: int, vocab: DraftVocabulary, block: int,
+        rows: list[dict],
+    ) -> None:  # fmt: skip
         self.settings, self.block = settings, block
         window = {}  # window > 0: every layer sees memory rows less than `window` positions back (block still whole)
         if settings["window"]:
@@ -123,10 +125,12 @@ class Arm:
                       "sliding_window": max(settings["window"], block + 1)}  # fmt: skip
         config = ConditionedDrafterConfig.for_verifier(
             verifier.config, mask_token_id=mask_id, num_hidden_layers=settings["num_layers"], block_size=block,
-            feature_layers=layers, **window,
+            feature_layers=layers, stem_size=settings["stem"], **window,
         )  # fmt: skip
         torch.manual_seed(0)
         self.model = ConditionedDrafterModel(config, verifier=verifier)
+        if settings["stem"]:  # as the trainer sets it: channel RMS over the first training rows
+            self.model.stem.set_feature_scale(torch.cat([r["features"].float() for r in rows[:STEM_SCALE_ROWS]]))
         if settings["verifier_norm"]:  # the final norm starts as the verifier's (its head reads such states)
             with torch.no_grad():
                 self.model.norm.weight.copy_(verifier.get_decoder().norm.weight)
@@ -192,7 +196,7 @@ class ProbeArm(Arm):
     drafter's block sees of the context at the row the next token depends on most, without attention to find it."""
 
     def __init__(self, settings: dict, verifier, layers, mask_id, vocab, block: int, rows: list[dict]) -> None:
-        super().__init__(settings, verifier, layers, mask_id, vocab, block)
+        super().__init__(settings, verifier, layers, mask_id, vocab, block, rows)
         width = verifier.config.hidden_size
         features = torch.cat([r["features"].float() for r in rows])
         self.scale = features.pow(2).mean(0).sqrt().clamp(min=1e-3)
@@ -258,10 +262,8 @@ def main() -> None:
     train, val = examples[: args.train_rows], examples[args.train_rows :]
     for name, settings in arms:
         used = train[: settings["rows"] or None]  # rows > 0: the first `rows` training answers (a data curve)
-        if settings["probe"]:
-            arm = ProbeArm(settings, verifier, layers, mask_id, vocab, args.block, [rows[e["row"]] for e in used])
-        else:
-            arm = Arm(settings, verifier, layers, mask_id, vocab, args.block)
+        kind = ProbeArm if settings["probe"] else Arm
+        arm = kind(settings, verifier, layers, mask_id, vocab, args.block, [rows[e["row"]] for e in used])
         run_arm(args, name, settings, arm, used, val, collate)
 
 

@@ -16,7 +16,9 @@ from diffuspec.models.tiny import tiny_qwen2
 _PROXY = NGramProxy.fit([list(range(VOCAB)) * 2, [1, 2, 3, 1, 2, 3, 4]], vocab_size=VOCAB, order=3)
 
 
-def random_drafter(verifier, seed: int, layers: int, block_size: int, init_std: float = 0.3) -> ConditionedDrafter:
+def random_drafter(
+    verifier, seed: int, layers: int, block_size: int, init_std: float = 0.3, stem: int = 0
+) -> ConditionedDrafter:
     config = ConditionedDrafterConfig.for_verifier(
         verifier.config,
         mask_token_id=verifier.config.vocab_size - 1,
@@ -24,6 +26,7 @@ def random_drafter(verifier, seed: int, layers: int, block_size: int, init_std: 
         block_size=block_size,
         feature_layers=[0, verifier.config.num_hidden_layers],
         initializer_range=init_std,
+        stem_size=stem,
     )
     torch.manual_seed(seed)
     return ConditionedDrafter(ConditionedDrafterModel(config).to(verifier.dtype), verifier)
@@ -67,6 +70,7 @@ class SteeredConditionedDrafter(Drafter):
 @given(
     seed=st.integers(0, 2**16),
     layers=st.integers(1, 2),
+    stem=st.sampled_from([0, 8]),
     steer=st.sampled_from([0.0, 0.6, 1.0]),
     prompt=st.lists(st.integers(0, VOCAB - 2), min_size=1, max_size=12),
     k=st.integers(1, 10),
@@ -78,15 +82,16 @@ class SteeredConditionedDrafter(Drafter):
     tree=st.sampled_from([None, TreeConfig(max_nodes=6, max_children=2), TreeConfig(max_nodes=16, max_children=3)]),
 )
 def test_greedy_with_conditioned_drafter_equals_plain_decoding(
-    verifier, seed, layers, steer, prompt, k, block_extra, cps, adl, max_new, eos_at, tree
+    verifier, seed, layers, stem, steer, prompt, k, block_extra, cps, adl, max_new, eos_at, tree
 ):
-    """Also with token trees: the tree's verifier features are compacted to the accepted branch, and the drafter's
-    cached memory is checked against a fresh drafter every round."""
+    """Also with token trees (the tree's verifier features are compacted to the accepted branch) and an anchor stem
+    (it reads the newest committed row); the drafter's cached memory is checked against a fresh drafter every
+    round."""
     prompt = torch.tensor(prompt)
     expected, eos = greedy_with_eos_at(verifier, prompt, max_new, eos_at)
     cps_config = cps_variant(cps, _PROXY)
     adl_config = ADLConfig(k_min=max(1, k - 5), k_max=k, delta=2) if adl else None
-    drafter = random_drafter(verifier, seed, layers, block_size=k + block_extra)
+    drafter = random_drafter(verifier, seed, layers, block_size=k + block_extra, stem=stem)
     steered = SteeredConditionedDrafter(drafter, verifier, steer, seed)
     config = DecodeConfig(cps=cps_config, adl=adl_config, draft_length=k, tree=tree)
     decoder = SpeculativeDecoder(verifier, steered, config)

@@ -68,6 +68,7 @@ def full_logprobs(lattice) -> torch.Tensor:
         ("feature_layers", [5], "feature_layers must lie in 0..4"),
         ("mask_token_id", 4096, "mask_token_id must be in"),
         ("block_size", 0, "block_size must be >= 1"),
+        ("stem_size", -1, "stem_size must be >= 0"),
         ("num_key_value_heads", 3, "must divide num_attention_heads"),
         ("rope_parameters", {"rope_type": "dynamic", "factor": 2.0}, "rope_type 'dynamic' is not supported"),
         ("rope_parameters", {"rope_type": "proportional"}, r"supported: default, linear, llama3, yarn"),
@@ -140,6 +141,22 @@ def test_save_load_round_trip_keeps_logits_and_leaves_the_verifier_out(verifier,
     req = request(verifier, model.config.feature_layers, [3, 1, 4, 1, 5, 9, 2, 6], k=6)
     assert loaded.model.dtype == torch.float64
     assert torch.equal(loaded.propose(req).logprobs, fresh.propose(req).logprobs)
+
+
+def test_a_stem_drafter_saves_its_feature_scale(verifier, tmp_path):
+    model = make_drafter(verifier, stem_size=8)
+    model.stem.set_feature_scale(torch.rand(3, 7, model.config.feature_size) + 0.5)
+    model.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert set(f.keys()) == set(dict(model.named_parameters())) | {"stem.feature_scale"}
+    loaded = ConditionedDrafter.from_pretrained(tmp_path, verifier)
+    assert torch.equal(loaded.model.stem.feature_scale, model.stem.feature_scale)
+    req = request(verifier, model.config.feature_layers, [3, 1, 4, 1, 5, 9, 2, 6], k=6)
+    assert torch.equal(loaded.propose(req).logprobs, ConditionedDrafter(model).propose(req).logprobs)
+    with pytest.raises(ValueError, match="needs the features of the row before the anchor"):
+        memory = model.new_memory()
+        model.extend_memory(memory, req.features[None])
+        model.draft(memory, torch.tensor([6]))
 
 
 def test_auto_classes_load_it(verifier, tmp_path):
@@ -215,6 +232,7 @@ ARCHITECTURES = {
         "output_multiplier": 0.6,
         "final_logit_softcapping": 4.0,
     },
+    "stem": {"stem_size": 12},
     "rope_yarn": {
         "rope_parameters": {
             "rope_type": "yarn",
@@ -234,6 +252,9 @@ def test_training_forward_equals_inference_propose(verifier, options):
     layers = model.config.feature_layers
     torch.manual_seed(3)
     ids = torch.randint(0, VOCAB - 1, (2, 14))
+    if model.config.stem_size:  # channel scales of the features, not ones
+        model.stem.set_feature_scale(verifier_features(verifier, ids, layers))
+        assert model.stem.feature_scale.std() > 0
     anchors = torch.tensor([[0, 1, 6, 13], [12, 4, 9, 2]])  # any order; 0: empty memory; 13: masks past the end
     out = model(verifier_features(verifier, ids, layers), ids, anchors)
     assert out.logits.shape == (2, 4, 5, VOCAB)

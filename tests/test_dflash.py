@@ -192,6 +192,8 @@ def test_an_export_loads_in_the_reference_and_computes_the_same(target, tmp_path
 def test_export_refuses_what_the_format_cannot_hold(target, tmp_path):
     with pytest.raises(ValueError, match="predates per-head q/k norms"):
         export_dflash(native_drafter(target, qk_norm=False), tmp_path / "a", verifier="v")
+    with pytest.raises(ValueError, match=r"anchor stem \(stem_size=8\), which DFlash's format has no place for"):
+        export_dflash(native_drafter(target, stem_size=8), tmp_path / "a", verifier="v")
     config = ConditionedDrafterConfig.for_verifier(target.config, mask_token_id=MASK, feature_layers=[0, 3])
     with pytest.raises(ValueError, match="feature layer 0"):
         export_dflash(ConditionedDrafterModel(config), tmp_path / "b", verifier="v")

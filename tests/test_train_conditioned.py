@@ -292,6 +292,34 @@ def test_offline_features_resume_and_train_like_online(setup, tmp_path):
         )
 
 
+def test_a_stem_drafter_scales_its_channels_by_the_training_features(setup, tmp_path):
+    """A new drafter's anchor stem divides each feature channel by its RMS over the first training rows, the same
+    from the feature store as from the verifier; it trains, loads and decodes losslessly."""
+    from diffuspec.models.conditioned import verifier_features
+    from diffuspec.training.features import precompute_features
+    from diffuspec.training.run import run_conditioned_training
+
+    root, _, verifier, prompts, completions = setup
+    dataset = datasets.load_from_disk(str(root / "dataset"))
+    precompute_features(verifier, str(root / "verifier"), dataset, tmp_path / "f", feature_layers=[1, 2],
+                        dtype="float32", max_prompt_length=512, max_completion_length=512)  # fmt: skip
+    stem = dict(kl_weight=0.0, max_steps=3, save_steps=100, stem_size=16)
+    run_conditioned_training(*script_args(root, tmp_path / "online", **stem))
+    run_conditioned_training(*script_args(root, tmp_path / "offline", **stem, features_path=tmp_path / "f"))
+    assert step_losses(tmp_path / "offline")[3]["loss"] == pytest.approx(step_losses(tmp_path / "online")[3]["loss"])
+    rows = torch.cat(
+        [
+            verifier_features(verifier, torch.tensor([p + c]), [1, 2])[0]
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+    )
+    drafter = ConditionedDrafter.from_pretrained(tmp_path / "online", verifier)
+    torch.testing.assert_close(drafter.model.stem.feature_scale, rows.pow(2).mean(0).sqrt().clamp(min=1e-3))
+    decoder = SpeculativeDecoder(verifier, drafter, DecodeConfig(cps=None, adl=None, draft_length=BLOCK))
+    out = decoder.generate(torch.tensor([prompts[0]]), max_new_tokens=COMPLETION_LEN)
+    assert out.sequences[0].tolist() == prompts[0] + completions[0]
+
+
 def test_precompute_script(setup, tmp_path, capsys):
     root = setup[0]
     script = importlib.util.spec_from_file_location("precompute_features", ROOT / "train" / "precompute_features.py")
@@ -624,10 +652,10 @@ def test_conditioned_ablation_script_logs_each_arm(setup, tmp_path, monkeypatch)
             "--draft-vocab", str(tmp_path / "vocab.json"), "--mask-token", "<mask>", "--block", "4",
             "--train-rows", "4", "--val-rows", "2", "--steps", "4", "--eval-every", "2", "--threads", "1",
             "--arm", "base:anchors=2,batch=2", "--arm", "two:num_layers=2,anchors=2,batch=2,learning_rate=3e-2,window=6",
-            "--arm", "probe:probe=16,rows=2,anchors=2,batch=2", "--out", str(tmp_path)]  # fmt: skip
+            "--arm", "probe:probe=16,rows=2,anchors=2,batch=2", "--arm", "stem:stem=8,anchors=2,batch=2", "--out", str(tmp_path)]  # fmt: skip
     script = run_eval_script("conditioned_ablation", argv, monkeypatch)
     log_of_base = json.loads((tmp_path / "base.json").read_text())["log"]
-    for arm in ("base", "two", "probe"):
+    for arm in ("base", "two", "probe", "stem"):
         log = json.loads((tmp_path / f"{arm}.json").read_text())["log"]
         assert [row["step"] for row in log] == [0, 2, 4]
         assert all(1.0 <= row["tau_offline"] <= 5.0 and len(row["slot_accuracy"]) == 4 for row in log)

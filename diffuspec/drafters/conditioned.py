@@ -117,7 +117,8 @@ class ConditionedDrafter(Drafter):
             )
         ids = request.ids.cpu().long()
         self._sync_memory(ids, request.features)
-        logits = self.model.draft(self.memory, ids[-1:], self._head_rows)[0, : request.k].float()  # [k, V or S]
+        previous = request.features[-1:] if self.model.config.stem_size and ids.numel() > 1 else None  # row a - 1
+        logits = self.model.draft(self.memory, ids[-1:], self._head_rows, previous)[0, : request.k].float()
         if self.vocabulary is None:
             logits[:, self.mask_token_id] = float("-inf")  # the mask token is an input marker, never a draft
         logprobs = torch.log_softmax(logits, dim=-1)

@@ -8,7 +8,8 @@ The model drafts a block anchored at position ``a`` (the newest committed token)
 2. K/V injection. Every draft layer projects ``c`` with its own ``k_proj`` / ``v_proj`` (per-head ``k_norm``, then
    RoPE at the absolute positions ``0..a-1``) and puts these keys/values before the block's own keys/values.
 3. The block is ``[token at a] + block_size`` mask slots at positions ``a..a+block_size``, embedded by the
-   verifier's embedding matrix times ``input_embedding_scale``. It attends bidirectionally within itself and to
+   verifier's embedding matrix times ``input_embedding_scale`` (plus, with ``stem_size``, each slot's start state
+   from the features of row ``a - 1`` and the token at ``a``: ``AnchorStem``). It attends bidirectionally within itself and to
    every memory position (a layer of ``layer_types`` "sliding_attention" is causal and windowed instead).
    Unshifted: the slot at ``a + i`` gives the distribution of the token at ``a + i``.
 4. A final RMSNorm and the verifier's LM head give the logits (times ``output_multiplier``, then
@@ -184,6 +185,11 @@ class ConditionedDrafterConfig(PreTrainedConfig):
     # Draft slots per block. Bidirectional attention makes a slot depend on the block length, so the model always
     # runs block_size slots (training and inference alike) and a round may use any k <= block_size of them.
     block_size: int = 8
+    # Anchor stem width (0: none, DFlash's architecture). With a stem, every mask slot starts as its mask embedding
+    # plus its own projection of an MLP of this width over [the verifier features of the row before the anchor,
+    # each channel divided by feature_scale ; the anchor token's embedding]: the row the next tokens depend on most,
+    # handed to every slot without attention having to find it first. DFlash's format has no stem.
+    stem_size: int = 0
     input_embedding_scale: float = 1.0  # block embeddings = verifier embedding rows times this
     output_multiplier: float = 1.0  # logits = LM head(states) times this ...
     final_logit_softcapping: float | None = None  # ... then tanh(logits / c) * c when set
@@ -241,6 +247,7 @@ class ConditionedDrafterConfig(PreTrainedConfig):
             "drafter uses the verifier's embedding and LM head",
         )
         require(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
+        require(self.stem_size >= 0, f"stem_size must be >= 0 (0: no stem), got {self.stem_size}")
         require(
             self.max_position_embeddings > self.block_size,
             f"max_position_embeddings ({self.max_position_embeddings}) must exceed block_size ({self.block_size})",
@@ -693,6 +700,34 @@ class ConditionedDecoderLayer(GradientCheckpointingLayer):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class AnchorStem(nn.Module):
+    """The anchor stem (``config.stem_size``): per mask slot, an additive start state from the features of the row
+    before the anchor and the anchor token's embedding. ``feature_scale`` (a buffer, saved) divides each feature
+    channel: set it to the channels' RMS over training features (``set_feature_scale``), so that a verifier's
+    massive activations (a few channels holding most of a layer's energy) do not drown the others."""
+
+    def __init__(self, config: ConditionedDrafterConfig) -> None:
+        super().__init__()
+        self.block_size, self.hidden_size = config.block_size, config.hidden_size
+        self.register_buffer("feature_scale", torch.ones(config.feature_size))
+        self.up = nn.Linear(config.feature_size + config.hidden_size, config.stem_size)
+        self.act_fn = ACT2FN[config.hidden_act]
+        self.down = nn.Linear(config.stem_size, config.block_size * config.hidden_size)
+
+    @torch.no_grad()
+    def set_feature_scale(self, features: torch.Tensor) -> None:
+        """Each channel's RMS over ``features`` ``[..., F]`` (floored at 1e-3) becomes its divisor."""
+        rms = features.reshape(-1, features.shape[-1]).float().pow(2).mean(0).sqrt().clamp(min=1e-3)
+        self.feature_scale.copy_(rms)
+
+    def forward(self, previous: torch.Tensor, anchor_embeddings: torch.Tensor) -> torch.Tensor:
+        """``previous`` ``[..., F]`` (zeros for an anchor at position 0) and ``anchor_embeddings`` ``[..., H]`` ->
+        start states ``[..., block_size, H]`` of the mask slots."""
+        scaled = previous.to(anchor_embeddings.dtype) / self.feature_scale.to(anchor_embeddings.dtype)
+        hidden = self.act_fn(self.up(torch.cat([scaled, anchor_embeddings], dim=-1)))
+        return self.down(hidden).unflatten(-1, (self.block_size, self.hidden_size))
+
+
 class ContextMemory:
     """The drafter's cache at inference: per-layer memory keys/values for positions ``0..length-1``.
 
@@ -817,6 +852,8 @@ class ConditionedDrafterModel(PreTrainedModel):
         self.hidden_norm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.layers = nn.ModuleList([ConditionedDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
         self.norm = ConditionedRMSNorm(config.hidden_size, config.rms_norm_eps)
+        if config.stem_size:
+            self.stem = AnchorStem(config)
         self.gradient_checkpointing = False
         self._verifier_parts: _VerifierParts | None = None
         self._rope_frequencies: dict[torch.device, tuple[torch.Tensor, float]] = {}
@@ -925,12 +962,20 @@ class ConditionedDrafterModel(PreTrainedModel):
         memory: ContextMemory | SequenceMemory,
         attention_mask: torch.Tensor | None,
         key_positions: torch.Tensor,
+        previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Steps 3-4 up to the final norm: block ids/positions ``[B, Q]`` -> states ``[B, Q, H]``.
 
         ``attention_mask`` ``[B, 1, Q, K]`` (None: all visible) is what every layer may see; causal or sliding
-        layers narrow it by the absolute positions of queries and keys (``key_positions`` ``[B or 1, K]``)."""
+        layers narrow it by the absolute positions of queries and keys (``key_positions`` ``[B or 1, K]``).
+        ``previous`` ``[B, Q // (1 + block_size), F]``: each block's features of the row before its anchor, which a
+        drafter with a stem adds to its mask slots (``AnchorStem``)."""
         hidden = self.embed(block_ids)
+        if self.config.stem_size:
+            width = 1 + self.config.block_size
+            blocks = hidden.view(hidden.shape[0], -1, width, hidden.shape[-1])
+            start = self.stem(previous.to(device=self.device, dtype=self.dtype), blocks[:, :, 0])
+            hidden = torch.cat([blocks[:, :, :1], blocks[:, :, 1:] + start], dim=2).view_as(hidden)
         cos, sin = self._rope(positions)
         masks: dict[tuple[bool, int | None], torch.Tensor | None] = {}
         for i, layer in enumerate(self.layers):
@@ -964,10 +1009,16 @@ class ConditionedDrafterModel(PreTrainedModel):
         memory: ContextMemory,
         first_tokens: torch.Tensor,
         head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        previous: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, block_size, V]`` of the block anchored at ``memory.length`` (the memory covers every
         position before the anchor); ``first_tokens`` ``[B]`` are the anchor tokens. With ``head_rows`` (see
-        ``lm_logits``) the last dimension is those rows'."""
+        ``lm_logits``) the last dimension is those rows'. A drafter with a stem needs ``previous`` ``[B, F]``, the
+        features of the memory's last row (None: zeros, right for an empty memory only)."""
+        if self.config.stem_size and previous is None:
+            if memory.length:
+                raise ValueError("a drafter with an anchor stem needs the features of the row before the anchor")
+            previous = torch.zeros(first_tokens.shape[0], self.config.feature_size)
         start = memory.length
         if start + self.config.block_size >= self.config.max_position_embeddings:
             raise ValueError(
@@ -977,7 +1028,8 @@ class ConditionedDrafterModel(PreTrainedModel):
         blocks = self.block_ids(first_tokens.to(self.device))
         positions = torch.arange(start, start + blocks.shape[1], device=self.device)[None]
         key_positions = torch.arange(start + blocks.shape[1], device=self.device)[None]  # memory rows, then the block
-        hidden = self._run_blocks(blocks, positions, memory, None, key_positions)
+        previous = None if previous is None else previous[:, None]
+        hidden = self._run_blocks(blocks, positions, memory, None, key_positions, previous)
         return self.lm_logits(hidden[:, 1:], head_rows)
 
     # -- training -------------------------------------------------------------------------------------------------
@@ -1030,7 +1082,11 @@ class ConditionedDrafterModel(PreTrainedModel):
         positions = (anchors[..., None] + torch.arange(width, device=self.device)).view(batch, -1)
         mask = self.training_mask(anchors, length, width)
         key_positions = torch.cat([torch.arange(length, device=self.device).expand(batch, -1), positions], dim=1)
-        hidden = self._run_blocks(blocks, positions, memory, mask, key_positions)
+        previous = None
+        if self.config.stem_size:  # the features of row a - 1 (zeros for an anchor at 0)
+            index = (anchors - 1).clamp(min=0).to(features.device)[..., None].expand(-1, -1, features.shape[-1])
+            previous = torch.where(anchors[..., None] > 0, torch.gather(features, 1, index).to(self.device), 0)
+        hidden = self._run_blocks(blocks, positions, memory, mask, key_positions, previous)
         hidden = hidden.view(batch, anchors.shape[1], width, -1)[:, :, 1:]
         logits = self.lm_logits(hidden) if compute_logits else None
         return ConditionedDrafterOutput(logits=logits, hidden_states=hidden)

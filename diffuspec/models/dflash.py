@@ -192,6 +192,11 @@ def dflash_config(config: ConditionedDrafterConfig) -> Qwen3Config:
         )
     if config.verifier_num_hidden_layers is None:
         raise ValueError("the drafter records no verifier layer count; DFlash needs num_target_layers")
+    if config.stem_size:
+        raise ValueError(
+            f"this drafter has an anchor stem (stem_size={config.stem_size}), which DFlash's format has no place for: "
+            "train one with stem_size=0 to export it"
+        )
     values: dict[str, Any] = {
         "hidden_size": config.hidden_size,
         "num_hidden_layers": config.num_hidden_layers,

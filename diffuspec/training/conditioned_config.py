@@ -33,6 +33,13 @@ class ConditionedModelArguments(LoraArguments):
     feature_layers: list[int] | None = field(
         default=None, metadata={"help": "Verifier hidden-state indices to fuse (null: three spread low/mid/high)."}
     )
+    stem_size: int = field(
+        default=0,
+        metadata={
+            "help": "Width of the anchor stem (0: none, DFlash's architecture, exportable): each mask slot starts "
+            "from the features of the row before the anchor and the anchor token (ConditionedDrafterConfig)."
+        },
+    )
     mask_token: str | None = field(
         default=None,
         metadata={
@@ -46,6 +53,8 @@ class ConditionedModelArguments(LoraArguments):
             raise ValueError(f"num_hidden_layers must be in 1..{MAX_DRAFT_LAYERS}, got {self.num_hidden_layers}")
         if self.block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.stem_size < 0:
+            raise ValueError(f"stem_size must be >= 0 (0: no stem), got {self.stem_size}")
         super().__post_init__()
         if self.use_lora and self.drafter_name_or_path is None:
             raise ValueError(

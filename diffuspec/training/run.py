@@ -22,7 +22,12 @@ from ..decoding.config import DecodeConfig
 from ..drafter_config import record_recommended_decode, write_diffuspec_config
 from ..files import write_json
 from ..loading import load_causal_lm, load_conditioned_model, load_tokenizer, resolve_local
-from ..models.conditioned import ConditionedDrafterConfig, ConditionedDrafterModel, model_fingerprint
+from ..models.conditioned import (
+    ConditionedDrafterConfig,
+    ConditionedDrafterModel,
+    model_fingerprint,
+    verifier_features,
+)
 from .callbacks import AcceptanceCallback
 from .conditioned_collator import ConditionedCollator
 from .conditioned_config import ConditionedDataArguments, ConditionedModelArguments, ConditionedTrainingConfig
@@ -209,6 +214,7 @@ def run_conditioned_training(
             block_size=model_args.block_size,
             feature_layers=model_args.feature_layers,
             verifier_name=model_args.verifier_name_or_path,
+            stem_size=model_args.stem_size,
         )
         torch.manual_seed(training_args.seed)
         model = ConditionedDrafterModel(config, verifier=verifier)
@@ -230,6 +236,8 @@ def run_conditioned_training(
         cuts = (data_args.max_prompt_length, data_args.max_completion_length)
         store.check(model_args.verifier_name_or_path, model.config.feature_layers, len(dataset), cuts)
         dataset = dataset.add_column("row", list(range(len(dataset))))
+    if model_args.drafter_name_or_path is None and model.config.stem_size:
+        model.stem.set_feature_scale(stem_scale_rows(verifier, dataset, store, model.config.feature_layers))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     callbacks = []
     if prompts is not None:  # tau with ADL within the block, and the draft vocabulary the loss scores, if any
@@ -278,6 +286,23 @@ def run_conditioned_training(
     return trainer
 
 
+STEM_SCALE_ROWS = 64  # rows whose features set a new stem's channel scales: enough for a stable RMS, cheap
+
+
+@torch.no_grad()
+def stem_scale_rows(verifier, dataset, store, feature_layers: list[int]) -> torch.Tensor:
+    """Features ``[tokens, F]`` of the first ``STEM_SCALE_ROWS`` training rows (from the feature store, else one
+    verifier pass each), whose channel RMS a new drafter's anchor stem divides by."""
+    rows = range(min(STEM_SCALE_ROWS, len(dataset)))
+    if store is not None:
+        return torch.cat([store[i].float() for i in rows])
+    parts = []
+    for i in rows:
+        ids = torch.tensor([dataset[i]["prompt_ids"] + dataset[i]["completion_ids"]], device=verifier.device)
+        parts.append(verifier_features(verifier, ids, feature_layers)[0].float().cpu())
+    return torch.cat(parts)
+
+
 def train_conditioned_drafter(
     verifier_path: str | Path,
     dataset_path: str | Path,
@@ -294,6 +319,7 @@ def train_conditioned_drafter(
     streak_weight: float = 0.0,
     seed: int = 0,
     feature_layers: list[int] | None = None,
+    stem_size: int = 0,
     mask_token: str | None = None,
     features_path: str | Path | None = None,
     drafter: str | Path | None = None,
@@ -342,6 +368,7 @@ def train_conditioned_drafter(
         block_size=block_size,
         feature_layers=feature_layers,
         mask_token=mask_token,
+        stem_size=stem_size,
     )
     data_args = ConditionedDataArguments(
         dataset_path=[str(dataset_path)],
