@@ -29,7 +29,8 @@ from diffuspec import (
 )
 from diffuspec.decoding.cps import causal_path_search
 from diffuspec.decoding.tree import build_tree
-from diffuspec.drafters.hybrid import MODES, RunningRatio, expected_length, find_copy, merge_copy, token_logprobs
+from diffuspec.drafters.hybrid import MODES, RunningRatio, expected_length, merge_copy, token_logprobs
+from diffuspec.drafters.prompt_lookup import find_match
 from diffuspec.evaluation import EvalConfig, evaluate
 from diffuspec.models.tiny import tiny_qwen2
 
@@ -62,15 +63,37 @@ def test_expected_length_is_the_chain_sum():
     assert expected_length(torch.empty(0)) == 0.0
 
 
-def test_find_copy_is_prompt_lookup_with_its_match_length():
+def test_find_match_is_prompt_lookup_with_its_match_length():
     ids = torch.tensor(REPEATING)
     for max_ngram, match in [(3, 3), (2, 2), (1, 1)]:
         lookup = PromptLookupDrafter(max_ngram=max_ngram)
-        copy, size = find_copy(ids, 4, lookup)
+        copy, size = find_match(ids, 4, 1, max_ngram)
         assert size == match and copy.tolist() == [1, 2, 3, 4]
         assert copy.tolist() == lookup.propose(request(REPEATING, 4)).draft.tolist()
-    copy, size = find_copy(torch.tensor([1, 2, 3]), 4, PromptLookupDrafter())
+    copy, size = find_match(torch.tensor([1, 2, 3]), 4, 1, 3)
     assert size == 0 and copy.numel() == 0
+
+
+def brute_force_match(ids: list[int], k: int, min_ngram: int, max_ngram: int) -> tuple[list[int], int]:
+    """The definition, slowly: the longest tail n-gram with an earlier occurrence, its earliest one's follow-up."""
+    n = len(ids)
+    for size in range(min(max_ngram, n - 1), min_ngram - 1, -1):
+        for start in range(n - size):  # occurrences ending before the newest token
+            if ids[start : start + size] == ids[n - size :]:
+                return ids[start + size : start + size + k], size
+    return [], 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=st.lists(st.integers(0, 4), min_size=1, max_size=30),
+    k=st.integers(1, 8),
+    sizes=st.tuples(st.integers(1, 5), st.integers(0, 3)),
+)
+def test_find_match_is_the_definition(ids, k, sizes):
+    min_ngram, max_ngram = sizes[0], sizes[0] + sizes[1]
+    tokens, size = find_match(torch.tensor(ids), k, min_ngram, max_ngram)
+    assert (tokens.tolist(), size) == brute_force_match(ids, k, min_ngram, max_ngram)
 
 
 def test_token_logprobs_reads_ids_and_eos():

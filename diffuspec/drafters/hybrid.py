@@ -51,7 +51,7 @@ from ..decoding.cps import causal_path_search
 from ..decoding.drafter import Drafter, DraftRequest
 from ..decoding.lattice import Lattice
 from ..eos import cut_after_eos
-from .prompt_lookup import PromptLookupDrafter, find_continuation
+from .prompt_lookup import PromptLookupDrafter, find_match
 
 MODES = ("select", "merge")
 HISTORY_DECAY = 0.8  # weight of the past in the running estimates: roughly the last five rounds count
@@ -73,37 +73,40 @@ class RunningRatio:
         return self.num / self.den if self.den > 0 else 1.0
 
 
-def find_copy(ids: torch.Tensor, k: int, lookup: PromptLookupDrafter) -> tuple[torch.Tensor, int]:
-    """``lookup``'s continuation of ``ids`` (at most k tokens) and the length of the tail n-gram it matched (0: no
-    match); the longest size is tried first, as ``PromptLookupDrafter`` does."""
-    for size in range(lookup.max_ngram, lookup.min_ngram - 1, -1):
-        tokens = find_continuation(ids, k, size, size)
-        if tokens.numel():
-            return tokens, size
-    return ids[:0], 0
-
-
 def token_logprobs(lattice: Lattice, tokens: torch.Tensor) -> torch.Tensor:
-    """``[m]``: the lattice's log-prob of ``tokens[i]`` at slot i (-inf where the lattice did not keep it)."""
-    m = tokens.numel()
-    hit = lattice.ids[:m] == tokens[:, None]
-    logprobs = torch.where(hit, lattice.logprobs[:m], float("-inf")).amax(dim=-1)
+    """``[m]``: the lattice's log-prob of ``tokens[i]`` at slot i (-inf where the lattice did not keep it).
+
+    Plain Python on these few-element lists, as below: the hybrid's bookkeeping runs every round and must stay far
+    below a draft's cost (a dozen tensor calls would not)."""
+    wanted = tokens.tolist()
+    m = len(wanted)
+    ids, values = lattice.ids[:m].tolist(), lattice.logprobs[:m].tolist()
+    out = [
+        values[i][row.index(t)] if t in row else -math.inf for i, (t, row) in enumerate(zip(wanted, ids, strict=True))
+    ]
     for j, eos in enumerate(lattice.eos_token_ids):
-        logprobs = torch.where(tokens == eos, torch.maximum(logprobs, lattice.eos_logprobs[:m, j]), logprobs)
-    return logprobs
+        eos_values = lattice.eos_logprobs[:m, j].tolist()
+        out = [max(v, eos_values[i]) if wanted[i] == eos else v for i, v in enumerate(out)]
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def expected_length(logprobs: torch.Tensor) -> float:
     """Expected accepted tokens of a chain whose slot i is accepted with probability ``exp(logprobs[i])`` once the
     slots before it are: ``sum_i prod_{j<=i} a_j``."""
-    return float(logprobs.double().cumsum(dim=0).exp().sum())
+    total = running = 0.0
+    for value in logprobs.tolist():
+        running += value
+        total += math.exp(running)
+    return total
 
 
 def agreement(draft: torch.Tensor, committed: torch.Tensor) -> tuple[int, int]:
     """(tokens of ``draft`` the committed tokens confirm, the slots they can judge: the shorter length)."""
     horizon = min(draft.numel(), committed.numel())
-    differs = torch.nonzero(draft[:horizon] != committed[:horizon])
-    return (int(differs[0, 0]) if differs.numel() else horizon), horizon
+    for i, (a, b) in enumerate(zip(draft[:horizon].tolist(), committed[:horizon].tolist(), strict=True)):
+        if a != b:
+            return i, horizon
+    return horizon, horizon
 
 
 def merge_copy(lattice: Lattice, copy: torch.Tensor, weight: float) -> Lattice:
@@ -214,7 +217,7 @@ class HybridDrafter(Drafter):
     def propose(self, request: DraftRequest) -> Lattice:
         ids = request.ids.cpu()
         self._observe(ids)
-        copy, match = find_copy(ids, request.k, self.lookup)
+        copy, match = find_match(ids, request.k, self.lookup.min_ngram, self.lookup.max_ngram)
         lattice = self.drafter.propose(request)
         alpha = self.copy_rate(match).value if match else 0.0
         if self.mode == "merge":
