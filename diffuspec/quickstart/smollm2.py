@@ -76,6 +76,9 @@ class SmolLM2Config:
     align_steps: int = 400
     conditioned_layers: int = 1
     conditioned_steps: int = 400
+    conditioned_stem: int = field(
+        default=0, metadata={"help": "Anchor stem width of the conditioned drafter (0: none, DFlash's architecture)."}
+    )
     draft_window: int | None = field(default=96, metadata={"help": "Diffusion drafter context window (tokens)."})
     curve_points: int = field(
         default=4, metadata={"help": "Held-out tau measurements during each alignment run (besides step 0)."}
@@ -402,6 +405,7 @@ def build_drafter_conditioned(config: SmolLM2Config, out: Path, inputs: dict[str
         inputs["data"] / "dataset",
         work / "train",
         num_layers=config.conditioned_layers,
+        stem_size=config.conditioned_stem,
         block_size=CONDITIONED_BLOCK,
         max_steps=config.conditioned_steps,
         batch_size=config.batch_size,
@@ -511,7 +515,16 @@ STAGES = [
         "drafter_conditioned",
         ("verifier", "data", "draft_vocab"),
         build_drafter_conditioned,
-        ("conditioned_layers", "conditioned_steps", "mask_token", "batch_size", "seed", "curve_points", "curve_tokens"),
+        (
+            "conditioned_layers",
+            "conditioned_steps",
+            "conditioned_stem",
+            "mask_token",
+            "batch_size",
+            "seed",
+            "curve_points",
+            "curve_tokens",
+        ),
         resumable=True,
     ),
     Stage("curves", ("drafter_aligned", "drafter_conditioned"), build_curves, ()),

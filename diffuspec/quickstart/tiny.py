@@ -82,6 +82,9 @@ class QuickstartConfig:
     align_steps: int = 400
     conditioned_layers: int = field(default=1, metadata={"help": "Layers of the feature-conditioned drafter."})
     conditioned_steps: int = 400
+    conditioned_stem: int = field(
+        default=0, metadata={"help": "Anchor stem width of the conditioned drafter (0: none, DFlash's architecture)."}
+    )
     # evaluation
     eval_prompts: int = 20
     eval_prompt_tokens: int = 128
@@ -314,6 +317,7 @@ def build_drafter_conditioned(config: QuickstartConfig, out: Path, inputs: dict[
         inputs["data"] / "dataset",
         out / "model",
         num_layers=config.conditioned_layers,
+        stem_size=config.conditioned_stem,
         block_size=CONDITIONED_BLOCK,
         max_steps=config.conditioned_steps,
         batch_size=config.batch_size,
@@ -407,7 +411,7 @@ STAGES = [
         "drafter_conditioned",
         ("verifier", "data"),
         build_drafter_conditioned,
-        ("conditioned_layers", "conditioned_steps", "batch_size", "seed"),
+        ("conditioned_layers", "conditioned_steps", "conditioned_stem", "batch_size", "seed"),
     ),
     Stage(
         "eval",
