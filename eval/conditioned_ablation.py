@@ -15,6 +15,7 @@ the verifier's greedy answers, so the streak is what greedy verification of that
 where decoding the held-out prompts costs minutes, and it ranks arms the same way decoding would at k = block.
 Arms run one after another; start two processes with different ``--arm`` to use two cores. Each evaluation also
 saves the arm's state (``<arm>.state.pt``): a rerun with the same settings and more ``--steps`` goes on from it.
+A drafter arm's last weights are saved as a drafter folder, ``<arm>.model``, that decodes with its verifier.
 ``window=W`` limits every draft layer to memory rows less than W positions back (sliding layers, the block still
 bidirectional): a block reads a few recent rows instead of spreading its attention over the whole context.
 ``stem=W`` gives the drafter an anchor stem of width W (``ConditionedDrafterConfig.stem_size``).
@@ -40,6 +41,7 @@ from diffuspec.loading import load_causal_lm
 from diffuspec.models.conditioned import (
     ConditionedDrafterConfig,
     ConditionedDrafterModel,
+    model_fingerprint,
     spread_feature_layers,
     verifier_features,
 )
@@ -125,7 +127,8 @@ class Arm:
                       "sliding_window": max(settings["window"], block + 1)}  # fmt: skip
         config = ConditionedDrafterConfig.for_verifier(
             verifier.config, mask_token_id=mask_id, num_hidden_layers=settings["num_layers"], block_size=block,
-            feature_layers=layers, stem_size=settings["stem"], **window,
+            feature_layers=layers, stem_size=settings["stem"], verifier_fingerprint=model_fingerprint(verifier),
+            **window,
         )  # fmt: skip
         torch.manual_seed(0)
         self.model = ConditionedDrafterModel(config, verifier=verifier)
@@ -304,6 +307,8 @@ def run_arm(
                      "generator": generator.get_state()}  # fmt: skip
             with atomic_path(state_path) as tmp:
                 torch.save(state, tmp)
+    if not isinstance(arm, ProbeArm):  # the trained drafter, for decoding (eval/tau_sweep.py, diffuspec eval)
+        arm.model.save_pretrained(args.out / f"{name}.model")
 
 
 if __name__ == "__main__":

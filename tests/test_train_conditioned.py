@@ -671,6 +671,8 @@ def test_conditioned_ablation_script_logs_each_arm(setup, tmp_path, monkeypatch)
                     str(tmp_path / "whole")], monkeypatch)  # fmt: skip
     whole = json.loads((tmp_path / "whole" / "base.json").read_text())["log"]
     assert [row["step"] for row in resumed] == [0, 2, 4, 6] and resumed[:3] == log_of_base
+    assert ConditionedDrafter.from_pretrained(tmp_path / "stem.model", setup[2]).model.config.stem_size == 8
+    assert not (tmp_path / "probe.model").exists()
     assert resumed[-1]["val_block_ce"] == pytest.approx(whole[-1]["val_block_ce"], rel=1e-4)
     with pytest.raises(ValueError, match="unknown setting 'depth'"):
         script.parse_arm("x:depth=3")
