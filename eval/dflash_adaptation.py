@@ -143,6 +143,12 @@ def main() -> None:
     for name in ("verifier", "drafter_conditioned", "data"):
         if not (run / name).is_dir():
             raise SystemExit(f"{run / name} is missing: run `diffuspec quickstart --preset {args.preset}` first")
+    stem = json.loads((run / "drafter_conditioned" / "model" / "config.json").read_text()).get("stem_size", 0)
+    if stem:  # DFlash's format has no anchor stem: the published drafter D must be a plain one
+        raise SystemExit(
+            f"{run / 'drafter_conditioned'} has an anchor stem (stem_size={stem}), which the DFlash format cannot "
+            f"hold: build it with `diffuspec quickstart --preset {args.preset} --set conditioned_stem=0` first"
+        )
     torch.set_num_threads(2)
     scenario = SCENARIOS[args.preset](run)
     counts = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in scenario.defaults.items()}
