@@ -407,11 +407,13 @@ def test_eval_recipes_take_hybrid_methods():
         methods=[
             {"kind": "diffusion", "name": "h", "drafter": "d", "hybrid": "select"},
             {"kind": "conditioned", "name": "m", "drafter": "d", "hybrid": "merge", "max_ngram": 2},
+            {"kind": "conditioned", "name": "z", "drafter": "d", "hybrid": "select", "copy_margin": 0},
         ],
     )
-    select, merge = config.methods[1:]
+    select, merge, eager = config.methods[1:]
     assert (select.hybrid, select.max_ngram, select.min_ngram) == ("select", 3, 1)  # pld's lookup defaults
     assert (merge.hybrid, merge.max_ngram, merge.min_ngram) == ("merge", 2, 1)
+    assert (select.copy_margin, eager.copy_margin) == (None, 0)  # None: HybridDrafter's default
 
 
 @pytest.mark.parametrize(
@@ -421,6 +423,8 @@ def test_eval_recipes_take_hybrid_methods():
         ({"kind": "diffusion", "drafter": "d", "max_ngram": 2}, "max_ngram / min_ngram set the hybrid's copy"),
         ({"kind": "diffusion", "drafter": "d", "hybrid": "merge", "min_ngram": 4}, "min_ngram <= max_ngram"),
         ({"kind": "pld", "hybrid": "select"}, r"unknown key\(s\) \['hybrid'\] for a 'pld' method"),
+        ({"kind": "diffusion", "drafter": "d", "hybrid": "merge", "copy_margin": 1}, "read by hybrid: select only"),
+        ({"kind": "diffusion", "drafter": "d", "hybrid": "select", "copy_margin": -1}, r"copy_margin \(>= 0 tokens\)"),
     ],
 )
 def test_bad_hybrid_methods_are_refused_before_any_model_loads(method, message):
@@ -433,7 +437,7 @@ def test_hybrid_methods_run_lossless_in_the_harness(folders, tmp_path):  # noqa:
     methods = [
         {"kind": "ar"},
         {"kind": "diffusion", "name": "dlm_hybrid", "drafter": str(folders["dlm"]), "adl": adl, "hybrid": "select",
-         "proxy": str(folders["proxy"])},
+         "proxy": str(folders["proxy"]), "copy_margin": 0.5},
         {"kind": "conditioned", "name": "conditioned_merge", "drafter": str(folders["conditioned"]), "adl": adl,
          "hybrid": "merge", "tree": {"max_nodes": 6, "max_children": 2}},
     ]  # fmt: skip
@@ -454,3 +458,5 @@ def test_both_quickstart_presets_time_the_hybrids_beside_their_parts(tmp_path, t
     for part in ("dlm_aligned", "dlm_conditioned"):
         assert by_name[f"{part}_hybrid"] == {**by_name[part], "name": f"{part}_hybrid", "hybrid": HYBRID}
     EvalConfig(**BASE, ar_drafter="a", methods=methods)  # a valid recipe
+    eager = quickstart_methods(inputs, window=None, adl={"k_min": 4, "k_max": 12, "delta": 4}, copy_margin=0.0)
+    assert {m["copy_margin"] for m in eager if m.get("hybrid")} == {0.0}

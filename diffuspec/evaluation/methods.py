@@ -294,7 +294,8 @@ def _lattice_runner(
     if spec.proxy:
         config = dataclasses.replace(config, cps=dataclasses.replace(config.cps, proxy=load_proxy(spec.proxy)))
     if spec.hybrid is not None:
-        drafter = HybridDrafter(drafter, lookup_drafter(spec), mode=spec.hybrid, cps=config.cps)
+        margin = {} if spec.copy_margin is None else {"copy_margin": spec.copy_margin}
+        drafter = HybridDrafter(drafter, lookup_drafter(spec), mode=spec.hybrid, cps=config.cps, **margin)
     return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
 
 

@@ -80,6 +80,9 @@ class SmolLM2Config:
         default=0, metadata={"help": "Anchor stem width of the conditioned drafter (0: none, DFlash's architecture)."}
     )
     draft_window: int | None = field(default=96, metadata={"help": "Diffusion drafter context window (tokens)."})
+    copy_margin: float = field(
+        default=1.0, metadata={"help": "Tokens more than the lattice a hybrid's copy must expect (HybridDrafter)."}
+    )
     curve_points: int = field(
         default=4, metadata={"help": "Held-out tau measurements during each alignment run (besides step 0)."}
     )
@@ -445,7 +448,9 @@ def eval_methods(config: SmolLM2Config, inputs: dict[str, Path]) -> list[dict]:
     # No tree methods: at 128 nodes each costs about three plain-decoding runs here, and the preset's evaluation is
     # hours already; eval/config_trees.yaml compares them on the same stage outputs.
     vocab = inputs["draft_vocab"] / "draft_vocab.json" if config.draft_vocab_size else None
-    return quickstart_methods(inputs, window=config.draft_window, adl=ADL, tree=None, draft_vocab=vocab)
+    return quickstart_methods(
+        inputs, window=config.draft_window, adl=ADL, tree=None, draft_vocab=vocab, copy_margin=config.copy_margin
+    )
 
 
 def build_eval(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
@@ -548,6 +553,7 @@ STAGES = [
             "max_new_tokens",
             "repeats",
             "draft_window",
+            "copy_margin",
             "eval_threads",
             "onednn",
         ),

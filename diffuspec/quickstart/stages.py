@@ -214,12 +214,13 @@ def quickstart_methods(
     adl: dict[str, int],
     tree: dict[str, int] | None = TREE,
     draft_vocab: Path | None = None,
+    copy_margin: float | None = None,
 ) -> list[dict]:
     """The methods every quickstart times: plain decoding, the copy and AR peers, the unaligned and the aligned
     diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders; the aligned
     and the conditioned drafter also verify token trees, of ``tree``'s size (``*_tree``) and of the size the cost
     model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out. Both also run as hybrids
-    with pld's copy (``*_hybrid``). ``draft_vocab`` (a ``DraftVocabulary`` file) gives every diffusion and
+    with pld's copy (``*_hybrid``; ``copy_margin``: HybridDrafter's, None for its default). ``draft_vocab`` (a ``DraftVocabulary`` file) gives every diffusion and
     conditioned drafter that head."""
     proxy = str(inputs["proxy"] / "proxy.json")
     vocab = {} if draft_vocab is None else {"draft_vocab": str(draft_vocab)}
@@ -244,7 +245,8 @@ def quickstart_methods(
         ]
 
     def hybrid(method: dict) -> dict:
-        return {**method, "name": f"{method['name']}_hybrid", "hybrid": HYBRID}
+        margin = {} if copy_margin is None else {"copy_margin": copy_margin}
+        return {**method, "name": f"{method['name']}_hybrid", "hybrid": HYBRID, **margin}
 
     def dlm(name: str, stage: str, cps: bool, adl_on: bool) -> dict:
         return {
