@@ -41,6 +41,7 @@ from diffuspec.loading import load_causal_lm
 from diffuspec.models.conditioned import (
     ConditionedDrafterConfig,
     ConditionedDrafterModel,
+    channel_rms,
     model_fingerprint,
     spread_feature_layers,
     verifier_features,
@@ -144,12 +145,16 @@ class Arm:
             self.model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0
         )
 
-    def slots(self, batch: dict, anchors: torch.Tensor, anchor_ok: torch.Tensor):
-        """Log-probs ``[N, k, S]`` over the draft vocabulary, labels ``[N, k]`` and the slots that score."""
+    def logits(self, batch: dict, anchors: torch.Tensor) -> torch.Tensor:
+        """``[B, A, k, S]`` over the draft vocabulary for the blocks of ``anchors``."""
         out = self.model(
             features=batch["features"], input_ids=batch["input_ids"], anchor_positions=anchors, compute_logits=False
         )
-        logprobs = torch.log_softmax(self.model.lm_logits(out.hidden_states, self.head_rows).float(), dim=-1)
+        return self.model.lm_logits(out.hidden_states, self.head_rows)
+
+    def slots(self, batch: dict, anchors: torch.Tensor, anchor_ok: torch.Tensor):
+        """Log-probs ``[N, k, S]`` over the draft vocabulary, labels ``[N, k]`` and the slots that score."""
+        logprobs = torch.log_softmax(self.logits(batch, anchors).float(), dim=-1)
         labels, valid = slot_labels(
             batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"], anchors, anchor_ok, self.block,
             self.columns,
@@ -202,7 +207,7 @@ class ProbeArm(Arm):
         super().__init__(settings, verifier, layers, mask_id, vocab, block, rows)
         width = verifier.config.hidden_size
         features = torch.cat([r["features"].float() for r in rows])
-        self.scale = features.pow(2).mean(0).sqrt().clamp(min=1e-3)
+        self.scale = channel_rms(features)
         self.embedding = verifier.get_input_embeddings().weight.detach()
         torch.manual_seed(0)
         self.mlp = torch.nn.Sequential(
@@ -215,18 +220,12 @@ class ProbeArm(Arm):
             self.model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.0
         )
 
-    def slots(self, batch: dict, anchors: torch.Tensor, anchor_ok: torch.Tensor):
+    def logits(self, batch: dict, anchors: torch.Tensor) -> torch.Tensor:
         rows = torch.arange(anchors.shape[0])[:, None]
         before = batch["features"][rows, (anchors - 1).clamp(min=0)].float() / self.scale  # [B, A, F]
         tokens = self.embedding[batch["input_ids"][rows, anchors]]  # [B, A, H]
         states = self.mlp(torch.cat([before, tokens], dim=-1)).unflatten(-1, (self.block, -1))
-        logits = self.model["norm"](states) @ self.head_rows[0].T
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        labels, valid = slot_labels(
-            batch["input_ids"], batch["attention_mask"], batch["prompt_lengths"], anchors, anchor_ok, self.block,
-            self.columns,
-        )  # fmt: skip
-        return logprobs.reshape(-1, self.block, logprobs.shape[-1]), labels, valid
+        return self.model["norm"](states) @ self.head_rows[0].T
 
 
 def main() -> None:

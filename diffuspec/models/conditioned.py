@@ -9,8 +9,9 @@ The model drafts a block anchored at position ``a`` (the newest committed token)
    RoPE at the absolute positions ``0..a-1``) and puts these keys/values before the block's own keys/values.
 3. The block is ``[token at a] + block_size`` mask slots at positions ``a..a+block_size``, embedded by the
    verifier's embedding matrix times ``input_embedding_scale`` (plus, with ``stem_size``, each slot's start state
-   from the features of row ``a - 1`` and the token at ``a``: ``AnchorStem``). It attends bidirectionally within itself and to
-   every memory position (a layer of ``layer_types`` "sliding_attention" is causal and windowed instead).
+   from the features of row ``a - 1`` and the token at ``a``: ``AnchorStem``). It attends bidirectionally within
+   itself and to every memory position (a layer of ``layer_types`` "sliding_attention" is causal and windowed
+   instead).
    Unshifted: the slot at ``a + i`` gives the distribution of the token at ``a + i``.
 4. A final RMSNorm and the verifier's LM head give the logits (times ``output_multiplier``, then
    ``final_logit_softcapping``).
@@ -60,6 +61,7 @@ __all__ = [
     "ContextMemory",
     "SequenceMemory",
     "block_targets",
+    "channel_rms",
     "check_verifier_compatible",
     "model_fingerprint",
     "spread_feature_layers",
@@ -700,6 +702,12 @@ class ConditionedDecoderLayer(GradientCheckpointingLayer):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def channel_rms(features: torch.Tensor) -> torch.Tensor:
+    """Each channel's RMS over ``features`` ``[..., F]``, floored at 1e-3: the divisor that puts a verifier's massive
+    activations on the scale of its other channels."""
+    return features.reshape(-1, features.shape[-1]).float().pow(2).mean(0).sqrt().clamp(min=1e-3)
+
+
 class AnchorStem(nn.Module):
     """The anchor stem (``config.stem_size``): per mask slot, an additive start state from the features of the row
     before the anchor and the anchor token's embedding. ``feature_scale`` (a buffer, saved) divides each feature
@@ -716,9 +724,8 @@ class AnchorStem(nn.Module):
 
     @torch.no_grad()
     def set_feature_scale(self, features: torch.Tensor) -> None:
-        """Each channel's RMS over ``features`` ``[..., F]`` (floored at 1e-3) becomes its divisor."""
-        rms = features.reshape(-1, features.shape[-1]).float().pow(2).mean(0).sqrt().clamp(min=1e-3)
-        self.feature_scale.copy_(rms)
+        """Each channel's RMS over ``features`` ``[..., F]`` (``channel_rms``) becomes its divisor."""
+        self.feature_scale.copy_(channel_rms(features))
 
     def forward(self, previous: torch.Tensor, anchor_embeddings: torch.Tensor) -> torch.Tensor:
         """``previous`` ``[..., F]`` (zeros for an anchor at position 0) and ``anchor_embeddings`` ``[..., H]`` ->
