@@ -38,6 +38,7 @@ from diffuspec.drafters import load_drafter
 from diffuspec.files import write_json
 from diffuspec.jsonl import read_jsonl, write_jsonl
 from diffuspec.loading import load_causal_lm, load_tokenizer
+from diffuspec.models.conditioned import ConditionedDrafterConfig
 from diffuspec.models.dflash import export_dflash
 from diffuspec.quickstart import smollm2, tiny
 from diffuspec.quickstart.corpus import file_stream, pack, split_files, stdlib_files, windows
@@ -143,7 +144,7 @@ def main() -> None:
     for name in ("verifier", "drafter_conditioned", "data"):
         if not (run / name).is_dir():
             raise SystemExit(f"{run / name} is missing: run `diffuspec quickstart --preset {args.preset}` first")
-    stem = json.loads((run / "drafter_conditioned" / "model" / "config.json").read_text()).get("stem_size", 0)
+    stem = ConditionedDrafterConfig.from_pretrained(run / "drafter_conditioned" / "model").stem_size
     if stem:  # DFlash's format has no anchor stem: the published drafter D must be a plain one
         raise SystemExit(
             f"{run / 'drafter_conditioned'} has an anchor stem (stem_size={stem}), which the DFlash format cannot "

@@ -220,8 +220,8 @@ def quickstart_methods(
     diffusion drafters (with and without CPS + ADL) and the conditioned drafter, from the stage folders; the aligned
     and the conditioned drafter also verify token trees, of ``tree``'s size (``*_tree``) and of the size the cost
     model picks each round (``*_tree_cost``); ``tree`` None leaves the tree methods out. Both also run as hybrids
-    with pld's copy (``*_hybrid``; ``copy_margin``: HybridDrafter's, None for its default). ``draft_vocab`` (a ``DraftVocabulary`` file) gives every diffusion and
-    conditioned drafter that head."""
+    with pld's copy (``*_hybrid``; ``copy_margin``: HybridDrafter's, None for its default). ``draft_vocab`` (a
+    ``DraftVocabulary`` file) gives every diffusion and conditioned drafter that head."""
     proxy = str(inputs["proxy"] / "proxy.json")
     vocab = {} if draft_vocab is None else {"draft_vocab": str(draft_vocab)}
     conditioned = {
