@@ -41,6 +41,13 @@ def test_fast_quickstart_runs_every_stage_and_caches(tmp_path, capsys):
         assert (run_dir / "eval" / name).exists()
     assert list((run_dir / "eval").glob("*.png"))
     assert not list(run_dir.glob(".*journal*"))  # the resume journal is gone once the stage has finished
+    from diffuspec.drafter_config import read_diffuspec_config
+    from diffuspec.quickstart.stages import EVAL_CPS
+    from diffuspec.quickstart.tiny import ADL_TINY
+
+    for stage in ("drafter_unaligned", "drafter_aligned", "drafter_conditioned"):  # the decoding the table measured
+        decode = read_diffuspec_config(run_dir / stage / "model").decode_config()
+        assert {k: getattr(decode.adl, k) for k in ADL_TINY} == ADL_TINY and decode.cps.m_max == EVAL_CPS["m_max"]
     from diffuspec.quickstart.tiny import heldout_loss
 
     losses = heldout_loss(run_dir, windows_count=4, length=16)

@@ -275,7 +275,7 @@ def build_drafter_unaligned(config: SmolLM2Config, out: Path, inputs: dict[str, 
     """The verifier's first layers made bidirectional (``adapt_and_save``, as ``train/adapt_drafter.py``), then the
     masked-diffusion objective on the corpus only: the analogue of an off-the-shelf DLM."""
     from ..models.adapt import adapt_and_save
-    from .stages import run_training
+    from .stages import record_eval_decoding, run_training
 
     adapt_and_save(
         verifier_folder(inputs), out / "init", num_layers=config.drafter_layers, mask_token=config.mask_token
@@ -293,6 +293,7 @@ def build_drafter_unaligned(config: SmolLM2Config, out: Path, inputs: dict[str, 
             "seed": config.seed,
         },
     )
+    record_eval_decoding(out / "model", ADL)
 
 
 def build_proxy(config: SmolLM2Config, out: Path, inputs: dict[str, Path]) -> None:
@@ -336,13 +337,16 @@ def answer_tokens_per_step(dataset: Path, batch_size: int) -> float:
 
 
 def finish_training(config: SmolLM2Config, work: Path, out: Path, inputs: dict[str, Path]) -> None:
-    """The trained drafter from the work folder (its checkpoints left behind) and its learning curve."""
+    """The trained drafter from the work folder (its checkpoints left behind, the evaluation's decoding recorded) and
+    its learning curve."""
     import shutil
 
     from ..training.curve import CURVE_FILE, write_learning_curve
     from ..training.run import LOG_FILE
+    from .stages import record_eval_decoding
 
     shutil.copytree(work / "train", out / "model", ignore=shutil.ignore_patterns("checkpoint-*"))
+    record_eval_decoding(out / "model", ADL)
     per_step = answer_tokens_per_step(inputs["data"] / "dataset", config.batch_size)
     write_learning_curve(out / "model" / LOG_FILE, per_step, out / CURVE_FILE)
 

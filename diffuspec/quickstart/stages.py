@@ -206,6 +206,18 @@ def run_training(recipe: Path, overrides: dict[str, object]) -> None:
 
 TREE = {"max_nodes": 64, "max_children": 8}  # token trees of the *_tree methods (the *_tree_cost ones at most this)
 HYBRID = "select"  # the *_hybrid methods: each round the copy or the lattice, whichever expects more accepted tokens
+EVAL_CPS = {"m_max": 8}  # CPS of every lattice method the quickstarts time (its proxy: the proxy stage's file)
+EVAL_DRAFT_LENGTH = 8  # the fixed draft length where ADL is off
+
+
+def record_eval_decoding(folder: Path, adl: dict[str, int]) -> None:
+    """Record in a drafter stage's ``folder`` the decoding the preset's evaluation times it with, so the one-liner
+    ``SpeculativeDecoder.from_pretrained(verifier, folder)`` with no config decodes as the table measured."""
+    from ..decoding.config import ADLConfig, CPSConfig, DecodeConfig
+    from ..drafter_config import record_recommended_decode
+
+    decode = DecodeConfig(cps=CPSConfig(**EVAL_CPS), adl=ADLConfig(**adl), draft_length=EVAL_DRAFT_LENGTH)
+    record_recommended_decode(folder, decode)
 
 
 def quickstart_methods(
@@ -228,7 +240,7 @@ def quickstart_methods(
         "kind": "conditioned",
         "name": "dlm_conditioned",
         "drafter": str(inputs["drafter_conditioned"] / "model"),
-        "cps": {"m_max": 8},
+        "cps": dict(EVAL_CPS),
         "proxy": proxy,
         "adl": dict(adl),
         **vocab,
@@ -254,10 +266,10 @@ def quickstart_methods(
             "name": name,
             "drafter": str(inputs[stage] / "model"),
             "context_window": window,
-            "cps": {"m_max": 8} if cps else None,
+            "cps": dict(EVAL_CPS) if cps else None,
             "proxy": proxy if cps else None,
             "adl": dict(adl) if adl_on else None,
-            "draft_length": 8,
+            "draft_length": EVAL_DRAFT_LENGTH,
             **vocab,
         }
 

@@ -25,6 +25,7 @@ from .stages import (
     check_preset,
     quickstart_methods,
     read_preset,
+    record_eval_decoding,
     run_evaluation,
     run_training,
     train_causal_lm,
@@ -254,6 +255,7 @@ def build_drafter_unaligned(config: QuickstartConfig, out: Path, inputs: dict[st
             "seed": config.seed,
         },
     )
+    record_eval_decoding(out / "model", ADL_TINY)
 
 
 def build_data(config: QuickstartConfig, out: Path, inputs: dict[str, Path]) -> None:
@@ -296,6 +298,7 @@ def build_drafter_aligned(config: QuickstartConfig, out: Path, inputs: dict[str,
             **({"context_window": config.draft_window} if config.draft_window is not None else {}),
         },
     )
+    record_eval_decoding(out / "model", ADL_TINY)
 
 
 CONDITIONED_BLOCK = 12  # the ADL k_max of the tiny evaluation (ADL_TINY below): every draft length it asks for fits
@@ -324,6 +327,7 @@ def build_drafter_conditioned(config: QuickstartConfig, out: Path, inputs: dict[
         seed=config.seed,
         **CONDITIONED_RECIPE,
     )
+    record_eval_decoding(out / "model", ADL_TINY)
 
 
 # ---------------------------------------------------------------------------- evaluation
