@@ -211,8 +211,9 @@ EVAL_DRAFT_LENGTH = 8  # the fixed draft length where ADL is off
 
 
 def record_eval_decoding(folder: Path, adl: dict[str, int]) -> None:
-    """Record in a drafter stage's ``folder`` the decoding the preset's evaluation times it with, so the one-liner
-    ``SpeculativeDecoder.from_pretrained(verifier, folder)`` with no config decodes as the table measured."""
+    """Record in a drafter stage's ``folder`` the CPS, ADL and draft length the preset's evaluation times it with, so
+    the one-liner ``SpeculativeDecoder.from_pretrained(verifier, folder)`` with no config drafts as the table did
+    (the proxy, the draft vocabulary and the context window are the evaluation method's, not recorded here)."""
     from ..decoding.config import ADLConfig, CPSConfig, DecodeConfig
     from ..drafter_config import record_recommended_decode
 
