@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/tiny-random")
     parser.add_argument(
-        "--questions", default=str(SPEC_BENCH_QUESTIONS), help="Spec-Bench question.jsonl: the tokenizer's training text."
+        "--questions",
+        default=str(SPEC_BENCH_QUESTIONS),
+        help="Spec-Bench question.jsonl: the tokenizer's training text.",
     )
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--hidden-size", type=int, default=256)

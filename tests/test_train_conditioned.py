@@ -337,6 +337,7 @@ import hashlib, json, os, sys
 import torch
 sys.path.insert(0, {train_dir!r})
 from train_conditioned import main
+from diffuspec.launch import end_launched_process
 from diffuspec.training.conditioned_config import parse_conditioned_config
 
 torch.set_num_threads(1)
@@ -345,8 +346,7 @@ state = trainer.accelerator.unwrap_model(trainer.model).state_dict()
 digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
 with open(os.path.join({out!r}, f"rank{{torch.distributed.get_rank()}}.json"), "w") as f:
     json.dump({{"world": torch.distributed.get_world_size(), "digest": digest, "step": trainer.state.global_step}}, f)
-trainer.accelerator.wait_for_everyone()  # as the script's __main__ does
-trainer.accelerator.end_training()
+end_launched_process()  # as the script's __main__ does
 """
 
 

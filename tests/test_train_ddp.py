@@ -26,6 +26,7 @@ import hashlib, json, os, sys
 import torch
 sys.path.insert(0, {train_dir!r})
 from train_drafter import main
+from diffuspec.launch import end_launched_process
 from diffuspec.training import parse_config
 
 torch.set_num_threads(1)
@@ -41,8 +42,7 @@ with open(os.path.join({out!r}, f"rank{{rank}}.json"), "w") as f:
     json.dump({{"world": torch.distributed.get_world_size(), "digest": digest, "step": trainer.state.global_step,
                "batch": trainer._train_batch_size * trainer.args.world_size,
                "losses": [h["loss"] for h in trainer.state.log_history if "loss" in h]}}, f)
-trainer.accelerator.wait_for_everyone()  # as the script's __main__ does
-trainer.accelerator.end_training()
+end_launched_process()  # as the script's __main__ does
 """
 
 

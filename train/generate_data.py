@@ -16,6 +16,7 @@ import sys
 from transformers import HfArgumentParser
 
 from diffuspec.datagen import DataGenerationConfig, generate_dataset
+from diffuspec.launch import end_launched_process
 
 
 def main(config: DataGenerationConfig) -> None:
@@ -32,3 +33,4 @@ if __name__ == "__main__":
     parser = HfArgumentParser(DataGenerationConfig)
     (config,) = parser.parse_args_into_dataclasses()
     main(config)
+    end_launched_process()

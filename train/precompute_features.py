@@ -12,6 +12,7 @@ Logic: ``diffuspec.training.run.run_feature_precompute``.
 
 from transformers import HfArgumentParser
 
+from diffuspec.launch import end_launched_process
 from diffuspec.training.features import FeatureArguments
 from diffuspec.training.run import run_feature_precompute
 
@@ -23,3 +24,4 @@ def main(argv: list[str] | None = None):
 
 if __name__ == "__main__":
     main()
+    end_launched_process()

@@ -14,6 +14,7 @@ rows, as ``train/generate_data.py`` writes them. Logic: ``diffuspec.training.run
 
 import logging
 
+from diffuspec.launch import end_launched_process
 from diffuspec.training.conditioned_config import parse_conditioned_config
 from diffuspec.training.config import configure_logging
 from diffuspec.training.run import run_conditioned_training
@@ -29,8 +30,5 @@ def main(model_args, data_args, training_args):
 
 
 if __name__ == "__main__":
-    # end_training destroys the process group: a gloo/NCCL group left to interpreter exit can abort the process
-    # ("terminate called without an active exception") after the run has finished and saved.
-    accelerator = main(*parse_conditioned_config()).accelerator
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    main(*parse_conditioned_config())
+    end_launched_process()

@@ -12,6 +12,7 @@ teacher_topk_logprobs, as ``train/generate_data.py`` writes them. Logic: ``diffu
 
 import logging
 
+from diffuspec.launch import end_launched_process
 from diffuspec.training.config import configure_logging, parse_config
 from diffuspec.training.run import run_drafter_training
 
@@ -24,8 +25,5 @@ def main(model_args, data_args, training_args):
 
 
 if __name__ == "__main__":
-    # end_training destroys the process group: a gloo/NCCL group left to interpreter exit can abort the process
-    # ("terminate called without an active exception") after the run has finished and saved.
-    accelerator = main(*parse_config()).accelerator
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    main(*parse_config())
+    end_launched_process()
