@@ -181,6 +181,38 @@ def test_select_takes_the_longer_expected_proposal():
     assert flat.propose(request([1, 2, 3], 4)).draft.tolist() == [5, 5, 5, 5]  # no match: the lattice
 
 
+class CountingDrafter(FixedDrafter):
+    """A FixedDrafter that counts its drafts."""
+
+    def __init__(self, token: int, confidence: float):
+        super().__init__(token, confidence)
+        self.calls = 0
+
+    def propose(self, request: DraftRequest) -> Lattice:
+        self.calls += 1
+        return super().propose(request)
+
+
+def test_skip_margin_takes_a_strong_copy_without_drafting():
+    drafter = CountingDrafter(5, 0.1)  # the lattice expects 0.11 tokens, the copy of REPEATING 2.05
+    hybrid = HybridDrafter(drafter, PromptLookupDrafter(max_ngram=3), mode="select", skip_margin=1.0)
+    first = hybrid.propose(request(REPEATING, 4))  # no drafted round yet: the draft, then the select rule
+    assert drafter.calls == 1 and first.draft.tolist() == [1, 2, 3, 4]
+    kappa = hybrid.calibration.value
+    skipped = hybrid.propose(request(REPEATING, 4))  # 2.05 > 0.11 + 1: the copy, no draft
+    assert drafter.calls == 1 and skipped.path.tolist() == [1, 2, 3, 4]
+    assert skipped.eos_aware_length() == first.eos_aware_length() == 4  # ADL still follows the drafter's length
+    assert hybrid.propose(request([1, 2, 3], 4)).draft.tolist() == [5, 5, 5, 5] and drafter.calls == 2  # no copy
+    assert hybrid.calibration.value == kappa  # no drafted path was scored
+    hybrid.skip_margin = 2.0  # 2.05 < 0.11 + 2: drafted again
+    hybrid.propose(request(REPEATING, 4))
+    assert drafter.calls == 3
+    always = HybridDrafter(drafter, PromptLookupDrafter(max_ngram=3), mode="select")  # None: a draft every round
+    for _ in range(3):
+        always.propose(request(REPEATING, 4))
+    assert drafter.calls == 6
+
+
 def test_select_hands_the_loop_its_path_and_the_drafter_s_length():
     cps = cps_variant("dp", _PROXY)
     hybrid = HybridDrafter(FixedDrafter(5, 0.5), PromptLookupDrafter(max_ngram=3), mode="select", cps=cps)
@@ -264,6 +296,8 @@ def test_merge_mode_weighs_the_copy_by_its_rate():
         ),
         (lambda: HybridDrafter(FixedDrafter(5, 0.5), cps={"lam": 1.0}), "cps must be a CPSConfig or None, got dict"),
         (lambda: HybridDrafter(FixedDrafter(5, 0.5), PromptLookupDrafter(max_ngram=0)), "min_ngram <= max_ngram"),
+        (lambda: HybridDrafter(FixedDrafter(5, 0.5), mode="merge", skip_margin=1), "skip_margin .* select mode only"),
+        (lambda: HybridDrafter(FixedDrafter(5, 0.5), skip_margin=-1), r"skip_margin \(>= 0 tokens\) .* got -1"),
         (
             lambda: merge_copy(Lattice.point_mass([1]), torch.tensor([1]), 1.5),
             r"merge weight must be in \[0, 1\], got 1.5",
@@ -305,9 +339,10 @@ def _lattice_drafter(kind: str, verifier, dlm, seed: int, k: int) -> Drafter:
     max_new=st.integers(1, 32),
     eos_at=st.one_of(st.none(), st.integers(0, 31)),
     seed=st.integers(0, 2**16),
+    skip=st.sampled_from([None, 0.0, 0.5]),
 )
 def test_hybrid_greedy_equals_plain_decoding(
-    verifier, dlm, kind, mode, max_ngram, prompt, k, cps, share_cps, adl, tree, max_new, eos_at, seed
+    verifier, dlm, kind, mode, max_ngram, prompt, k, cps, share_cps, adl, tree, max_new, eos_at, seed, skip
 ):
     prompt = torch.tensor(prompt)
     expected, eos = greedy_with_eos_at(verifier, prompt, max_new, eos_at)
@@ -316,7 +351,8 @@ def test_hybrid_greedy_equals_plain_decoding(
     config = DecodeConfig(cps=cps_config, adl=adl_config, draft_length=k, tree=tree)
     lookup = PromptLookupDrafter(max_ngram=max_ngram)
     drafter = _lattice_drafter(kind, verifier, dlm, seed, k)
-    hybrid = HybridDrafter(drafter, lookup, mode=mode, cps=cps_config if share_cps else None)
+    skip = skip if mode == "select" else None  # skip_margin is read in select mode only
+    hybrid = HybridDrafter(drafter, lookup, mode=mode, cps=cps_config if share_cps else None, skip_margin=skip)
     out = SpeculativeDecoder(verifier, hybrid, config).generate(
         prompt, max_new_tokens=max_new, eos_token_id=list(eos) if eos else []
     )
@@ -354,13 +390,14 @@ def test_copies_are_taken_where_the_verifier_repeats_itself(mode):
 
 
 @pytest.mark.parametrize(
-    "mode,tree,new,temperature,top_k,top_p",
+    "mode,tree,new,temperature,top_k,top_p,skip",
     [
-        ("select", None, 3, 1.0, None, None),  # three tokens: later rounds read the estimates the first updated
-        ("merge", TreeConfig(max_nodes=4, max_children=2), 2, 0.7, 4, 0.9),
+        ("select", None, 3, 1.0, None, None, None),  # three tokens: later rounds read the estimates the first updated
+        ("select", None, 3, 1.0, None, None, 0.0),  # later rounds may take the copy without a draft
+        ("merge", TreeConfig(max_nodes=4, max_children=2), 2, 0.7, 4, 0.9, None),
     ],
 )
-def test_hybrid_sampling_is_exact(monkeypatch, mode, tree, new, temperature, top_k, top_p):
+def test_hybrid_sampling_is_exact(monkeypatch, mode, tree, new, temperature, top_k, top_p, skip):
     """The law of the generated tokens equals AR sampling from the processed verifier (test_sampling's TV bound,
     false alarm <= 1e-6), with the copy proposed in the first round and both accepted and rejected."""
     prompt = torch.tensor([1, 4, 2, 1, 4])  # tail "1 4" recurs: the first round copies "2", p(2) = 0.38
@@ -368,7 +405,7 @@ def test_hybrid_sampling_is_exact(monkeypatch, mode, tree, new, temperature, top
     monkeypatch.setattr(test_sampling, "NEW", new)
     verifier = _small_verifier()
     flat = _small_dlm(init_std=0.05)  # a flat lattice
-    hybrid = HybridDrafter(flat, PromptLookupDrafter(max_ngram=3), mode=mode, copy_margin=0)
+    hybrid = HybridDrafter(flat, PromptLookupDrafter(max_ngram=3), mode=mode, copy_margin=0, skip_margin=skip)
     first = hybrid.propose(DraftRequest(prompt, 1, 2, ()))
     assert first.draft.tolist() == [2]  # select: the copy's 2/3 beats the lattice's; merge: w = 2/3 always leads
     decoder = SpeculativeDecoder(verifier, hybrid, DecodeConfig(cps=None, adl=None, draft_length=2, tree=tree))
@@ -425,6 +462,7 @@ def test_eval_recipes_take_hybrid_methods():
         ({"kind": "pld", "hybrid": "select"}, r"unknown key\(s\) \['hybrid'\] for a 'pld' method"),
         ({"kind": "diffusion", "drafter": "d", "hybrid": "merge", "copy_margin": 1}, "read by hybrid: select only"),
         ({"kind": "diffusion", "drafter": "d", "hybrid": "select", "copy_margin": -1}, r"copy_margin \(>= 0 tokens\)"),
+        ({"kind": "diffusion", "drafter": "d", "hybrid": "merge", "skip_margin": 0}, "skip_margin .* select only"),
     ],
 )
 def test_bad_hybrid_methods_are_refused_before_any_model_loads(method, message):

@@ -25,6 +25,12 @@ The copy is chosen only when it expects ``copy_margin`` tokens more than the lat
 average for its match length, while the rule consults it where the lattice is weak, which is where copies fail
 more often too (a winner's curse); the lattice's estimate reads this round's own probabilities.
 
+Skipping the draft (select mode, ``skip_margin``). The select rule needs the lattice, so a hybrid pays a draft in
+every round, also in those it then gives to the copy. With ``skip_margin`` set, a copy that expects
+``skip_margin`` tokens more than the lattice's recent rounds did (the decayed mean of its capped estimate ``E``
+over the rounds it was drafted) is taken before any draft: a long, reliable match then costs what prompt lookup
+costs. Rounds without a draft leave ``kappa`` unchanged and still score the copy.
+
 Exactness (T = 0 and T > 0). Whatever the mode, the loop verifies a path ``pi`` (select: the copy, or CPS's path
 through the drafter's lattice; merge: CPS's path through the merged lattice) or a token tree, with the rules of
 ``decoding.acceptance`` and ``decoding.tree``. Slot i is accepted against the point mass ``q_i = delta_{pi_i}``:
@@ -165,7 +171,8 @@ class HybridDrafter(Drafter):
     ``cps``: the decoder's ``CPSConfig`` (proxy included). In select mode the hybrid searches the path itself, to
     score it, and hands it to the loop (``Lattice.path``), which verifies it without searching again; None searches
     the raw argmax path, the loop's path without CPS. ``copy_margin``: how many tokens more than the lattice the copy
-    must expect to be chosen (module doc).
+    must expect to be chosen; ``skip_margin`` (select mode; None: draft every round): how many tokens more than the
+    lattice's recent rounds the copy must expect to be taken without drafting (module doc).
     """
 
     def __init__(
@@ -175,6 +182,7 @@ class HybridDrafter(Drafter):
         mode: str = "select",
         cps: CPSConfig | None = None,
         copy_margin: float = 1.0,
+        skip_margin: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"HybridDrafter mode must be one of {list(MODES)}, got {mode!r}")
@@ -190,8 +198,11 @@ class HybridDrafter(Drafter):
             raise ValueError(f"HybridDrafter cps must be a CPSConfig or None, got {type(cps).__name__}")
         if not copy_margin >= 0:
             raise ValueError(f"HybridDrafter copy_margin must be >= 0 tokens, got {copy_margin}")
+        if skip_margin is not None and (mode != "select" or not skip_margin >= 0):
+            raise ValueError(f"HybridDrafter skip_margin (>= 0 tokens) is read in select mode only, got {skip_margin}")
         self.drafter, self.lookup, self.mode, self.cps = drafter, lookup, mode, cps
         self.copy_margin = float(copy_margin)
+        self.skip_margin = None if skip_margin is None else float(skip_margin)
         self.feature_layers = drafter.feature_layers
         self.vocab_size = drafter.vocab_size
         self.reset()
@@ -201,6 +212,8 @@ class HybridDrafter(Drafter):
         self.drafter.reset()
         self.copy_rates: dict[int, RunningRatio] = {}  # tail n-gram length -> copied tokens accepted per trial
         self.calibration = RunningRatio(1.0, 1.0)  # lattice tokens accepted / predicted (kappa)
+        self.lattice_lengths = RunningRatio(0.0, 0.0)  # the lattice's capped E per drafted round (skip rule)
+        self._generated_length: int | None = None  # the last draft's L^gen, reported to ADL in rounds without one
         self._last: _Proposals | None = None
 
     def max_length(self) -> int | None:
@@ -218,22 +231,34 @@ class HybridDrafter(Drafter):
         ids = request.ids.cpu()
         self._observe(ids)
         copy, match = find_match(ids, request.k, self.lookup.min_ngram, self.lookup.max_ngram)
-        lattice = self.drafter.propose(request)
         alpha = self.copy_rate(match).value if match else 0.0
+        copy_length = expected_length(torch.full((copy.numel(),), math.log(alpha) if alpha > 0 else -math.inf))
+        recent = self.lattice_lengths
+        if self.skip_margin is not None and copy.numel() and recent.den > 0:
+            if copy_length > recent.value + self.skip_margin:
+                self._last = _Proposals(ids, copy, match, None, None)
+                return self._copy(copy, request, self._generated_length)
+        lattice = self.drafter.propose(request)
+        self._generated_length = lattice.eos_aware_length()
         if self.mode == "merge":
             self._last = _Proposals(ids, copy, match, None, None)
             return merge_copy(lattice, copy, alpha) if copy.numel() else lattice
         path = torch.as_tensor(causal_path_search(lattice, ids, self.cps or ARGMAX), dtype=torch.long)
         path_logprobs = token_logprobs(lattice, path)
         self._last = _Proposals(ids, copy, match, path, path_logprobs)
-        copy_length = expected_length(torch.full((copy.numel(),), math.log(alpha) if alpha > 0 else -math.inf))
         lattice_length = min(self.calibration.value * expected_length(path_logprobs), float(path.numel()))
+        recent.update(lattice_length, 1.0)
         if copy.numel() and copy_length > lattice_length + self.copy_margin:
-            chosen = Lattice.point_mass(copy, request.eos_token_ids)
-            chosen.path = cut_after_eos(copy, request.eos_token_ids)
-            chosen.generated_length = lattice.eos_aware_length()  # ADL keeps following the drafter's lengths
-            return chosen
+            return self._copy(copy, request, self._generated_length)
         return dataclasses.replace(lattice, path=path)  # the loop verifies this path without searching again
+
+    @staticmethod
+    def _copy(copy: torch.Tensor, request: DraftRequest, generated_length: int | None) -> Lattice:
+        """The copy as the round's proposal; ADL keeps following the drafter's lengths (``generated_length``)."""
+        chosen = Lattice.point_mass(copy, request.eos_token_ids)
+        chosen.path = cut_after_eos(copy, request.eos_token_ids)
+        chosen.generated_length = generated_length
+        return chosen
 
     def _observe(self, ids: torch.Tensor) -> None:
         """Score the previous round's proposals against the tokens committed since (module doc)."""

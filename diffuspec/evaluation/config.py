@@ -27,8 +27,9 @@ BASELINE = "ar"
 
 # A lattice method with ``hybrid: select | merge`` also copies from the prompt (diffuspec.drafters.hybrid); the
 # copy's tail match is max_ngram..min_ngram tokens long, pld's defaults unless given; copy_margin is the tokens more
-# than the lattice a copy must expect in select mode (HybridDrafter's default unless given).
-HYBRID_KEYS = ("hybrid", "max_ngram", "min_ngram", "copy_margin")
+# than the lattice a copy must expect in select mode (HybridDrafter's default unless given), skip_margin the tokens
+# more than the lattice's recent rounds a copy must expect to be taken without a draft (None: draft every round).
+HYBRID_KEYS = ("hybrid", "max_ngram", "min_ngram", "copy_margin", "skip_margin")
 
 # Keys each method kind accepts (besides ``kind``); anything else is an error naming the key.
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
@@ -90,6 +91,7 @@ class MethodSpec:
     draft_vocab: str | None = None  # a DraftVocabulary file: the drafter's head scores those ids only
     hybrid: str | None = None  # lattice kinds: 'select' or 'merge' a prompt-lookup copy (None: the drafter alone)
     copy_margin: float | None = None  # select mode: tokens more than the lattice a copy must expect (None: default)
+    skip_margin: float | None = None  # select mode: ... more than its recent rounds, to skip the draft (None: never)
     schedule: str | None = None
     confidence_threshold: float | None = None
 
@@ -141,10 +143,10 @@ class MethodSpec:
             raise ValueError(f"{where}: hybrid must be one of {list(HYBRID_MODES)} or null, got {self.hybrid!r}")
         if self.kind in LATTICE_KINDS and self.hybrid is None and (self.max_ngram, self.min_ngram) != (None, None):
             raise ValueError(f"{where}: max_ngram / min_ngram set the hybrid's copy, but hybrid is null")
-        if self.copy_margin is not None and (self.hybrid != "select" or not self.copy_margin >= 0):
-            raise ValueError(
-                f"{where}: copy_margin (>= 0 tokens) is read by hybrid: select only, got {self.copy_margin}"
-            )
+        for key in ("copy_margin", "skip_margin"):
+            value = getattr(self, key)
+            if value is not None and (self.hybrid != "select" or not value >= 0):
+                raise ValueError(f"{where}: {key} (>= 0 tokens) is read by hybrid: select only, got {value}")
         self.decode  # noqa: B018 - builds (and so validates) the decoding settings once
 
     @functools.cached_property

@@ -295,7 +295,9 @@ def _lattice_runner(
         config = dataclasses.replace(config, cps=dataclasses.replace(config.cps, proxy=load_proxy(spec.proxy)))
     if spec.hybrid is not None:
         margin = {} if spec.copy_margin is None else {"copy_margin": spec.copy_margin}
-        drafter = HybridDrafter(drafter, lookup_drafter(spec), mode=spec.hybrid, cps=config.cps, **margin)
+        drafter = HybridDrafter(
+            drafter, lookup_drafter(spec), mode=spec.hybrid, cps=config.cps, skip_margin=spec.skip_margin, **margin
+        )
     return DecoderRunner(spec.name, spec.kind, SpeculativeDecoder(verifier, drafter, config), eos)
 
 
