@@ -14,8 +14,9 @@ def end_launched_process() -> None:
     exit handlers have run (logging, trackers) and the streams are flushed. Call it after the script's last
     collective (the runs end with a barrier): no process waits here for the others.
 
-    Why not a plain return: FSDP2 modules, DDP's reducer and DeepSpeed's engine keep the gloo group, and its C++
-    worker threads, alive past ``destroy_process_group`` (seen here on torch 2.13). Interpreter finalization then
+    Why not a plain return: FSDP2 modules keep the gloo group, and its C++ worker threads, alive past
+    ``destroy_process_group`` (measured here on torch 2.13; anything else that holds the group, such as DDP's
+    reducer, can do the same). Interpreter finalization then
     joins those threads while tearing Python down, which now and then aborts a process whose run has already
     finished and saved ("terminate called without an active exception"), and the launcher reports the run failed.
     A single process (no ``WORLD_SIZE`` above 1) returns normally.

@@ -38,11 +38,12 @@ through the drafter's lattice; merge: CPS's path through the merged lattice) or 
 removed; in a tree each node's children are such point masses, tried through one draw (``decoding.tree``). The
 merged mixture only chooses ``pi``; no acceptance test reads it. ``pi`` is a function of the committed tokens
 alone: the copy and the lattice read ``request.ids`` (and the verifier's states of committed tokens), and
-``alpha`` and ``kappa`` are functions of earlier proposals and committed tokens. So, given the history, ``x = pi_i``
-is fixed before the round's coins are drawn, and the emitted token Y has ``P(Y = x) = p~(x)`` and, for ``v != x``,
-``P(Y = v) = (1 - p~(x)) * p~(v) / (1 - p~(x)) = p~(v)``: ``Y ~ p~``. Each emitted token joins the next slot's
-prefix, so by induction the output has the law of AR sampling from ``p~``. At T = 0, ``p~`` is the point mass on
-the verifier's argmax and the output is plain greedy decoding, token for token.
+``alpha``, ``kappa`` and the lattice's recent estimate (the skip rule) are functions of earlier proposals and
+committed tokens. So, given the history, ``x = pi_i`` is fixed before the round's coins are drawn, and the emitted
+token Y has ``P(Y = x) = p~(x)`` and, for ``v != x``, ``P(Y = v) = (1 - p~(x)) * p~(v) / (1 - p~(x)) = p~(v)``:
+``Y ~ p~``. Each emitted token joins the next slot's prefix, so by induction the output has the law of AR sampling
+from ``p~``. At T = 0, ``p~`` is the point mass on the verifier's argmax and the output is plain greedy decoding,
+token for token.
 """
 
 from __future__ import annotations
